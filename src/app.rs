@@ -1,0 +1,340 @@
+//! Wiring: builds each mode's pipeline context and runs it until done or shut down.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::class::{KubeClasses, StaticClasses};
+use crate::cli::{Cli, Command, MountArgs, NodeArgs, ProviderArgs, UnmountArgs};
+use crate::crd::SecretProviderClass;
+use crate::csi::{self, DriverInfo, request as attr};
+use crate::metrics::{self, Metrics};
+use crate::pod_status::PodStatusWriter;
+use crate::provider::local::LocalProvider;
+use crate::provider::{ObjectVersion, Registry, RegistryConfig};
+use crate::publish::{self, Context, Mode, PodInfo, PublishRequest, Published};
+use crate::shutdown;
+use crate::volume::{MountMode, TmpfsOptions, mount};
+
+/// The version printed by `--version` and reported to kubelet.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs the selected mode.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Node(args)) => run_node(args).await,
+        Some(Command::Mount(args)) => run_mount(args).await,
+        Some(Command::Unmount(args)) => run_unmount(&args),
+        None => bail!("no command given: run `secrets-store-csi-driver --help`"),
+    }
+}
+
+/// `--version` output, in upstream's JSON shape.
+pub fn version_json() -> String {
+    serde_json::json!({
+        "BuildVersion": VERSION,
+        "GitCommit": option_env!("GIT_COMMIT").unwrap_or("unknown"),
+        "BuildDate": option_env!("BUILD_DATE").unwrap_or("unknown"),
+    })
+    .to_string()
+}
+
+fn registry(args: &ProviderArgs) -> Registry {
+    Registry::new(RegistryConfig {
+        socket_dirs: args.socket_dirs(),
+        max_recv_msg_size: args.max_call_recv_msg_size,
+    })
+}
+
+async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    if !args.metrics_backend.eq_ignore_ascii_case("prometheus") {
+        bail!(
+            "unsupported metrics backend {:?}: only prometheus is supported",
+            args.metrics_backend
+        );
+    }
+    if args.nodeid.is_empty() {
+        bail!("--nodeid is required (the DaemonSet passes spec.nodeName through KUBE_NODE_NAME)");
+    }
+    if !mount::can_mount() {
+        bail!(
+            "the node plugin must run as root to mount tmpfs volumes (securityContext.privileged: true)"
+        );
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+
+    let mut providers = registry(&args.providers);
+    providers = match &args.local_provider_root {
+        Some(root) => {
+            let root = root
+                .canonicalize()
+                .with_context(|| format!("--local-provider-root {}", root.display()))?;
+            tracing::info!(root = %root.display(), "built-in local provider enabled");
+            providers.with_builtin("local", Arc::new(LocalProvider::jailed(root)))
+        }
+        None => providers.with_disabled(
+            "local",
+            "start the driver with --local-provider-root DIR to enable it",
+        ),
+    };
+
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Arc::new(Context::new(
+        Arc::new(KubeClasses::new(client.clone())),
+        Arc::new(providers),
+        Some(PodStatusWriter::new(client, &args.nodeid)),
+        MountMode::Tmpfs(TmpfsOptions {
+            size_bytes: args.providers.tmpfs_size,
+        }),
+        metrics.clone(),
+        args.enable_secret_rotation
+            .then_some(args.rotation_poll_interval),
+    ));
+
+    let shutdown = shutdown::on_signal().context("installing signal handlers")?;
+    let metrics_addr = metrics::parse_addr(&args.metrics_addr)
+        .with_context(|| format!("invalid --metrics-addr {:?}", args.metrics_addr))?;
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .with_context(|| format!("failed to listen on --metrics-addr {metrics_addr}"))?;
+    let metrics_task = tokio::spawn(metrics::serve(listener, metrics, shutdown.clone()));
+
+    let socket = csi::socket_path(&args.endpoint)?;
+    let listener = csi::bind(&socket)?;
+    let info = DriverInfo {
+        name: args.drivername.clone(),
+        version: VERSION.to_owned(),
+        node_id: args.nodeid.clone(),
+    };
+    tracing::info!(
+        endpoint = %socket.display(),
+        node = %args.nodeid,
+        driver = %args.drivername,
+        metrics = %metrics_addr,
+        rotation = args.enable_secret_rotation,
+        "CSI node plugin listening"
+    );
+    csi::serve(listener, socket, info, ctx, shutdown.clone())
+        .await
+        .context("CSI server failed")?;
+    shutdown.cancel();
+    metrics_task
+        .await
+        .context("metrics server task")?
+        .context("metrics server failed")?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster config and no kubeconfig")?,
+    };
+    let mut config = config;
+    config.headers.clear();
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.class)
+        .with_context(|| format!("reading {}", args.class.display()))?;
+    let class = parse_class(&text).with_context(|| format!("reading {}", args.class.display()))?;
+    let name = class.metadata.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        bail!("{}: metadata.name is required", args.class.display());
+    }
+    let namespace = args
+        .namespace
+        .clone()
+        .or(class.metadata.namespace.clone())
+        .unwrap_or_else(|| "default".to_owned());
+    let mut classes = StaticClasses::default();
+    classes.insert(&namespace, &name, class.spec.clone());
+
+    let base = args
+        .class
+        .parent()
+        .map(Path::to_owned)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let providers =
+        registry(&args.providers).with_builtin("local", Arc::new(LocalProvider::unjailed(base)));
+    let tmpfs = mount::can_mount() && !args.plain_dir;
+    let mode = if tmpfs {
+        MountMode::Tmpfs(TmpfsOptions {
+            size_bytes: args.providers.tmpfs_size,
+        })
+    } else {
+        MountMode::PlainDir
+    };
+    let ctx = Context::new(
+        Arc::new(classes),
+        Arc::new(providers),
+        None,
+        mode,
+        Arc::new(Metrics::new()),
+        None,
+    );
+    let target = std::path::absolute(&args.target)?;
+    let request = mount_request(&args, &name, &namespace, target.clone());
+
+    let published = publish::publish(&ctx, &request, Mode::Refresh).await?;
+    let backing = if tmpfs {
+        "tmpfs"
+    } else {
+        "a plain directory (not root: files are on disk)"
+    };
+    println!(
+        "mounted SecretProviderClass {namespace}/{name} (provider {}) at {} on {backing}",
+        published.provider,
+        target.display()
+    );
+    print_files(&published);
+    if !args.watch {
+        return Ok(());
+    }
+
+    let shutdown = shutdown::on_signal()?;
+    let mut versions = published.versions;
+    println!(
+        "watching: re-fetching every {}",
+        humantime::format_duration(args.rotation_poll_interval)
+    );
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(args.rotation_poll_interval) => {}
+        }
+        match publish::publish(&ctx, &request, Mode::Refresh).await {
+            Ok(published) => {
+                report_changes(&versions, &published.versions);
+                versions = published.versions;
+            }
+            Err(err) => eprintln!(
+                "refresh failed, keeping the previous files: {}",
+                csi_message(&err)
+            ),
+        }
+    }
+}
+
+fn csi_message(err: &publish::PublishError) -> String {
+    csi::full_message(err)
+}
+
+fn mount_request(args: &MountArgs, name: &str, namespace: &str, target: PathBuf) -> PublishRequest {
+    let pod = PodInfo {
+        name: args.pod_name.clone(),
+        namespace: namespace.to_owned(),
+        uid: "00000000-0000-0000-0000-000000000000".to_owned(),
+        service_account: args.service_account.clone(),
+    };
+    let mut attributes: BTreeMap<String, String> = [
+        (attr::CLASS_ATTRIBUTE, name),
+        (attr::POD_NAME, &pod.name),
+        (attr::POD_NAMESPACE, &pod.namespace),
+        (attr::POD_UID, &pod.uid),
+        (attr::SERVICE_ACCOUNT, &pod.service_account),
+        ("csi.storage.k8s.io/ephemeral", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    attributes.extend(args.attributes.iter().cloned());
+    PublishRequest {
+        volume_id: format!("mount-{name}"),
+        target_path: target,
+        class_name: name.to_owned(),
+        pod,
+        attributes,
+        service_account_tokens: None,
+        secrets: None,
+        timeout: Some(Duration::from_secs(120)),
+    }
+}
+
+/// The first SecretProviderClass document in a YAML file.
+fn parse_class(text: &str) -> anyhow::Result<SecretProviderClass> {
+    let mut documents = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if line.trim_end() == "---" {
+            documents.push(std::mem::take(&mut current));
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    documents.push(current);
+    for document in documents.iter().filter(|d| !d.trim().is_empty()) {
+        let value: serde_json::Value = serde_saphyr::from_str(document).context("invalid YAML")?;
+        if value.get("kind").and_then(|k| k.as_str()) == Some("SecretProviderClass") {
+            return serde_json::from_value(value).context("invalid SecretProviderClass");
+        }
+    }
+    bail!("no document with kind: SecretProviderClass")
+}
+
+fn print_files(published: &Published) {
+    let versions: BTreeMap<&str, &str> = published
+        .versions
+        .iter()
+        .map(|v| (v.id.as_str(), v.version.as_str()))
+        .collect();
+    println!("  {:<32} {:>5} {:>9}  VERSION", "PATH", "MODE", "SIZE");
+    for file in &published.files {
+        let version = versions.get(file.path.as_str()).copied().unwrap_or("-");
+        println!(
+            "  {:<32} {:>5} {:>7} B  {version}",
+            file.path,
+            format!("{:04o}", file.mode),
+            file.size
+        );
+    }
+}
+
+fn report_changes(before: &[ObjectVersion], after: &[ObjectVersion]) {
+    let old: BTreeMap<&str, &str> = before
+        .iter()
+        .map(|v| (v.id.as_str(), v.version.as_str()))
+        .collect();
+    let new: BTreeMap<&str, &str> = after
+        .iter()
+        .map(|v| (v.id.as_str(), v.version.as_str()))
+        .collect();
+    let mut changes = 0;
+    for (id, version) in &new {
+        match old.get(id) {
+            None => println!("added   {id} (version {version})"),
+            Some(previous) if previous != version => {
+                println!("changed {id} (version {previous} -> {version})")
+            }
+            Some(_) => continue,
+        }
+        changes += 1;
+    }
+    for id in old.keys().filter(|id| !new.contains_key(*id)) {
+        println!("removed {id}");
+        changes += 1;
+    }
+    if changes == 0 {
+        println!("unchanged ({} objects)", new.len());
+    }
+}
+
+fn run_unmount(args: &UnmountArgs) -> anyhow::Result<()> {
+    publish::remove_volume(&args.target)?;
+    println!("removed {}", args.target.display());
+    Ok(())
+}

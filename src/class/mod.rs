@@ -1,0 +1,231 @@
+//! Which SecretProviderClass a volume uses and what its provider is told.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use kube::Api;
+
+use crate::crd::{SecretProviderClass, SecretProviderClassSpec, v1alpha1};
+
+/// Where SecretProviderClasses are looked up: the API server on a node, a file for `mount`.
+#[async_trait]
+pub trait ClassSource: Send + Sync + fmt::Debug {
+    /// The class `name` in `namespace` (the pod's namespace, never another).
+    async fn get(&self, namespace: &str, name: &str)
+    -> Result<SecretProviderClassSpec, ClassError>;
+}
+
+/// A SecretProviderClass that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassError {
+    /// No such class in the pod's namespace (message kept as upstream: tooling greps it).
+    #[error(
+        "failed to get secretproviderclass {namespace}/{name}, error: secretproviderclass {name:?} not found; \
+         create it in namespace {namespace:?}, the pod's namespace"
+    )]
+    NotFound {
+        /// The pod's namespace.
+        namespace: String,
+        /// The class name from `volumeAttributes.secretProviderClass`.
+        name: String,
+    },
+    /// The API server could not be asked.
+    #[error("failed to get secretproviderclass {namespace}/{name}, error: {source}")]
+    Api {
+        /// The pod's namespace.
+        namespace: String,
+        /// The class name.
+        name: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// `spec.provider` is empty.
+    #[error("provider not set in {namespace}/{name}: set spec.provider in the SecretProviderClass")]
+    MissingProvider {
+        /// The namespace.
+        namespace: String,
+        /// The class name.
+        name: String,
+    },
+    /// `spec.parameters` is empty.
+    #[error(
+        "parameters not set in {namespace}/{name}: set spec.parameters in the SecretProviderClass"
+    )]
+    MissingParameters {
+        /// The namespace.
+        namespace: String,
+        /// The class name.
+        name: String,
+    },
+}
+
+/// Looks classes up through the Kubernetes API, `v1` first, then the deprecated `v1alpha1` on
+/// clusters whose CRD serves only that.
+#[derive(Clone)]
+pub struct KubeClasses {
+    client: kube::Client,
+}
+
+impl fmt::Debug for KubeClasses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeClasses").finish_non_exhaustive()
+    }
+}
+
+impl KubeClasses {
+    /// Classes from the cluster `client` talks to.
+    pub fn new(client: kube::Client) -> Self {
+        Self { client }
+    }
+}
+
+#[async_trait]
+impl ClassSource for KubeClasses {
+    async fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<SecretProviderClassSpec, ClassError> {
+        let api_error = |source| ClassError::Api {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source,
+        };
+        let v1: Api<SecretProviderClass> = Api::namespaced(self.client.clone(), namespace);
+        match v1.get_opt(name).await {
+            Ok(Some(class)) => return Ok(class.spec),
+            Ok(None) => {}
+            // A 404 without a Status body means the version itself is not served.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => return Err(api_error(err)),
+        }
+        let legacy: Api<v1alpha1::SecretProviderClass> =
+            Api::namespaced(self.client.clone(), namespace);
+        match legacy.get_opt(name).await {
+            Ok(Some(class)) => {
+                tracing::warn!(
+                    spc = name,
+                    namespace,
+                    "SecretProviderClass read as secrets-store.csi.x-k8s.io/v1alpha1, which is deprecated: \
+                     upgrade the CRDs so that v1 is served"
+                );
+                Ok(class.spec.into())
+            }
+            Ok(None) | Err(kube::Error::Api(_)) => Err(ClassError::NotFound {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }),
+            Err(err) => Err(api_error(err)),
+        }
+    }
+}
+
+/// Classes given up front, for `mount` (no cluster).
+#[derive(Debug, Default)]
+pub struct StaticClasses {
+    classes: BTreeMap<(String, String), SecretProviderClassSpec>,
+}
+
+impl StaticClasses {
+    /// Adds a class under its namespace and name.
+    pub fn insert(&mut self, namespace: &str, name: &str, spec: SecretProviderClassSpec) {
+        self.classes
+            .insert((namespace.to_owned(), name.to_owned()), spec);
+    }
+}
+
+#[async_trait]
+impl ClassSource for StaticClasses {
+    async fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<SecretProviderClassSpec, ClassError> {
+        self.classes
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+            .ok_or_else(|| ClassError::NotFound {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+    }
+}
+
+/// Checks what upstream requires of a class before it is used.
+pub fn check(
+    namespace: &str,
+    name: &str,
+    spec: &SecretProviderClassSpec,
+) -> Result<(), ClassError> {
+    if spec.provider.trim().is_empty() {
+        return Err(ClassError::MissingProvider {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+    }
+    if spec.parameters.is_empty() {
+        return Err(ClassError::MissingParameters {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The provider's parameters: the class's, overridden by the pod's volume attributes, as
+/// upstream merges them.
+pub fn merge_parameters(
+    spec: &SecretProviderClassSpec,
+    volume_attributes: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut merged = spec.parameters.clone();
+    merged.extend(
+        volume_attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_attributes_override_class_parameters() {
+        let spec = SecretProviderClassSpec {
+            provider: "p".into(),
+            parameters: [("a", "class"), ("b", "class")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+            ..Default::default()
+        };
+        let attributes = [("b", "pod"), ("c", "pod")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let merged = merge_parameters(&spec, &attributes);
+        assert_eq!(merged["a"], "class");
+        assert_eq!(merged["b"], "pod");
+        assert_eq!(merged["c"], "pod");
+    }
+
+    #[test]
+    fn a_class_needs_a_provider_and_parameters() {
+        let mut spec = SecretProviderClassSpec::default();
+        assert_eq!(
+            check("ns", "c", &spec).unwrap_err().to_string(),
+            "provider not set in ns/c: set spec.provider in the SecretProviderClass"
+        );
+        spec.provider = "p".into();
+        assert!(
+            check("ns", "c", &spec)
+                .unwrap_err()
+                .to_string()
+                .starts_with("parameters not set in ns/c")
+        );
+        spec.parameters.insert("k".into(), "v".into());
+        assert!(check("ns", "c", &spec).is_ok());
+    }
+}

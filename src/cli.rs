@@ -1,0 +1,292 @@
+//! The command line. Every flag has an environment variable; the upstream driver's flag names
+//! are accepted as they are, and an upstream-style invocation (flags only) means `node`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// Kubernetes Secrets Store CSI driver: mounts secrets from external stores into pods.
+#[derive(Debug, Parser)]
+#[command(name = "secrets-store-csi-driver", disable_version_flag = true)]
+pub struct Cli {
+    /// Print the version as JSON (BuildVersion, GitCommit, BuildDate) and exit.
+    #[arg(long, global = true)]
+    pub version: bool,
+    /// Logging options.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The driver's modes.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the CSI node plugin (the DaemonSet container).
+    Node(NodeArgs),
+    /// Fetch a SecretProviderClass's objects into a directory, without kubelet or a cluster.
+    Mount(MountArgs),
+    /// Remove what `mount` created: unmount the tmpfs and delete the directory.
+    Unmount(UnmountArgs),
+}
+
+/// Log format and verbosity.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "LOG_FORMAT_JSON", global = true, action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true")]
+    pub log_format_json: bool,
+    /// klog-style verbosity: 0-2 info, 3-4 debug, 5 and up trace. `RUST_LOG` overrides it.
+    #[arg(
+        short = 'v',
+        long = "v",
+        env = "LOG_VERBOSITY",
+        global = true,
+        default_value_t = 0
+    )]
+    pub verbosity: u8,
+}
+
+/// Where provider plugin sockets are and how much they may send.
+#[derive(Debug, Clone, Args)]
+pub struct ProviderArgs {
+    /// Primary directory of provider plugin sockets (`<dir>/<provider>.sock`), searched last.
+    #[arg(
+        long,
+        env = "PROVIDER_VOLUME",
+        default_value = "/var/run/secrets-store-csi-providers"
+    )]
+    pub provider_volume: PathBuf,
+    /// Comma-separated extra socket directories, searched first, in order.
+    #[arg(
+        long,
+        env = "ADDITIONAL_PROVIDER_VOLUME_PATHS",
+        value_delimiter = ',',
+        default_value = "/etc/kubernetes/secrets-store-csi-providers"
+    )]
+    pub additional_provider_volume_paths: Vec<PathBuf>,
+    /// Largest provider response accepted, in bytes.
+    #[arg(long, env = "MAX_CALL_RECV_MSG_SIZE", default_value_t = 4 * 1024 * 1024)]
+    pub max_call_recv_msg_size: usize,
+    /// Size limit of each volume's tmpfs (bytes, or with a Ki/Mi/Gi suffix).
+    #[arg(long, env = "TMPFS_SIZE", default_value = "32Mi", value_parser = parse_size)]
+    pub tmpfs_size: u64,
+}
+
+impl ProviderArgs {
+    /// Socket directories in upstream's search order.
+    pub fn socket_dirs(&self) -> Vec<PathBuf> {
+        self.additional_provider_volume_paths
+            .iter()
+            .filter(|p| !p.as_os_str().is_empty())
+            .cloned()
+            .chain(std::iter::once(self.provider_volume.clone()))
+            .collect()
+    }
+}
+
+/// `node` flags (upstream names).
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// CSI endpoint, `unix:///csi/csi.sock`.
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix://tmp/csi.sock")]
+    pub endpoint: String,
+    /// Driver name reported to kubelet.
+    #[arg(long, env = "DRIVER_NAME", default_value = "secrets-store.csi.k8s.io")]
+    pub drivername: String,
+    /// This node's name (downward API `spec.nodeName`).
+    #[arg(long, env = "KUBE_NODE_NAME")]
+    pub nodeid: String,
+    /// Provider sockets and limits.
+    #[command(flatten)]
+    pub providers: ProviderArgs,
+    /// Re-fetch mounted volumes when kubelet republishes them (CSIDriver `requiresRepublish`).
+    #[arg(long, env = "ENABLE_SECRET_ROTATION", action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true")]
+    pub enable_secret_rotation: bool,
+    /// Minimum time between fetches of one mounted volume.
+    #[arg(long, env = "ROTATION_POLL_INTERVAL", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub rotation_poll_interval: Duration,
+    /// Listen address of `/metrics`; `:8095` means every interface.
+    #[arg(long, env = "METRICS_ADDR", default_value = ":8095")]
+    pub metrics_addr: String,
+    /// Metrics backend; only `prometheus` exists.
+    #[arg(long, env = "METRICS_BACKEND", default_value = "Prometheus")]
+    pub metrics_backend: String,
+    /// Enable the built-in `local` provider, jailed to this directory.
+    #[arg(long, env = "LOCAL_PROVIDER_ROOT")]
+    pub local_provider_root: Option<PathBuf>,
+    /// Kubeconfig file; in-cluster configuration is used without it.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// `mount` flags.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// SecretProviderClass YAML file.
+    #[arg(long, env = "SSCSI_CLASS")]
+    pub class: PathBuf,
+    /// Directory to fill (created if missing).
+    #[arg(long, env = "SSCSI_TARGET")]
+    pub target: PathBuf,
+    /// Pod name told to the provider.
+    #[arg(long, env = "SSCSI_POD_NAME", default_value = "local")]
+    pub pod_name: String,
+    /// Namespace; defaults to the class's own, else `default`.
+    #[arg(long, env = "SSCSI_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Service account told to the provider.
+    #[arg(long, env = "SSCSI_SERVICE_ACCOUNT", default_value = "default")]
+    pub service_account: String,
+    /// Extra volume attributes, `KEY=VALUE`, as a pod's `volumeAttributes` would add.
+    #[arg(long = "attribute", value_parser = parse_key_value)]
+    pub attributes: Vec<(String, String)>,
+    /// Keep running and re-fetch at the rotation interval, reporting what changed.
+    #[arg(long)]
+    pub watch: bool,
+    /// Interval of `--watch`.
+    #[arg(long, env = "ROTATION_POLL_INTERVAL", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub rotation_poll_interval: Duration,
+    /// Write into a plain directory even when running as root.
+    #[arg(long)]
+    pub plain_dir: bool,
+    /// Provider sockets and limits.
+    #[command(flatten)]
+    pub providers: ProviderArgs,
+}
+
+/// `unmount` flags.
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    /// Directory that `mount` filled.
+    #[arg(long, env = "SSCSI_TARGET")]
+    pub target: PathBuf,
+}
+
+/// Parses the process arguments; flags without a subcommand (the upstream DaemonSet's form)
+/// run `node`.
+pub fn parse() -> Cli {
+    Cli::parse_from(with_default_command(std::env::args_os().collect()))
+}
+
+fn with_default_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or_default();
+    let passes_through = ["-h", "--help", "--version", "-version", "help"];
+    if first.starts_with('-') && !passes_through.contains(&first) {
+        args.insert(1, "node".into());
+    }
+    // Go's flag package accepts single-dash long flags (`-endpoint=...`).
+    args.into_iter()
+        .map(|arg| match arg.to_str() {
+            Some(s) if is_go_long_flag(s) => format!("-{s}").into(),
+            _ => arg,
+        })
+        .collect()
+}
+
+/// `-endpoint=x` is a Go long flag; `-v`, `-v=5`, `-v5` and `-h` are short flags.
+fn is_go_long_flag(arg: &str) -> bool {
+    let Some(rest) = arg.strip_prefix('-') else {
+        return false;
+    };
+    let verbosity = rest.strip_prefix('v').is_some_and(|v| {
+        v.is_empty() || v.starts_with('=') || v.bytes().all(|b| b.is_ascii_digit())
+    });
+    !rest.starts_with('-') && rest.len() > 1 && !verbosity
+}
+
+/// Parses `32Mi`, `64M`, `1Gi` or a plain byte count.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 32Mi"))?;
+    let factor: u64 = match suffix {
+        "" => 1,
+        "k" | "K" => 1000,
+        "Ki" => 1 << 10,
+        "M" => 1_000_000,
+        "Mi" => 1 << 20,
+        "G" => 1_000_000_000,
+        "Gi" => 1 << 30,
+        _ => return Err(format!("{text:?} has an unknown unit; use Ki, Mi or Gi")),
+    };
+    number
+        .checked_mul(factor)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is out of range"))
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(key, _)| !key.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_args(args: &[&str]) -> Cli {
+        let args = args.iter().map(std::ffi::OsString::from).collect();
+        Cli::try_parse_from(with_default_command(args)).unwrap()
+    }
+
+    #[test]
+    fn upstream_daemonset_args_run_node() {
+        let cli = parse_args(&[
+            "driver",
+            "--endpoint=unix:///csi/csi.sock",
+            "--nodeid=node-1",
+            "--provider-volume=/var/run/secrets-store-csi-providers",
+            "--additional-provider-volume-paths=/etc/a,/etc/b",
+            "--enable-secret-rotation=true",
+            "--rotation-poll-interval=30s",
+            "--metrics-addr=:8095",
+            "-v=5",
+        ]);
+        let Some(Command::Node(node)) = cli.command else {
+            panic!("not node")
+        };
+        assert_eq!(node.nodeid, "node-1");
+        assert!(node.enable_secret_rotation);
+        assert_eq!(node.rotation_poll_interval, Duration::from_secs(30));
+        assert_eq!(
+            node.providers.socket_dirs(),
+            ["/etc/a", "/etc/b", "/var/run/secrets-store-csi-providers"].map(PathBuf::from)
+        );
+        assert_eq!(cli.log.verbosity, 5);
+    }
+
+    #[test]
+    fn go_style_single_dash_flags_work() {
+        let cli = parse_args(&[
+            "driver",
+            "-endpoint=unix:///x.sock",
+            "-nodeid=n",
+            "-enable-secret-rotation",
+        ]);
+        let Some(Command::Node(node)) = cli.command else {
+            panic!("not node")
+        };
+        assert_eq!(node.endpoint, "unix:///x.sock");
+        assert!(node.enable_secret_rotation);
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("32Mi"), Ok(32 << 20));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12Xi").is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! The two custom resources of the Secrets Store CSI driver, group `secrets-store.csi.x-k8s.io`.
+//!
+//! The wire format matches the upstream driver's Go types field for field, so existing objects
+//! round-trip unchanged.
+
+mod pod_status;
+mod provider_class;
+
+pub use pod_status::{
+    NODE_NAME_LABEL, SecretProviderClassObject, SecretProviderClassPodStatus,
+    SecretProviderClassPodStatusStatus,
+};
+pub use provider_class::{
+    SecretObject, SecretObjectData, SecretProviderClass, SecretProviderClassSpec, v1alpha1,
+};
+
+/// The API group of both custom resources.
+pub const GROUP: &str = "secrets-store.csi.x-k8s.io";

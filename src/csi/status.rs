@@ -1,0 +1,70 @@
+//! The one place pipeline errors become gRPC statuses. Exhaustive: a new error variant does not
+//! compile until its code is chosen.
+
+use tonic::{Code, Status};
+
+use crate::class::ClassError;
+use crate::pod_status::PodStatusError;
+use crate::publish::{PublishError, UnpublishError};
+use crate::volume::MountError;
+
+impl From<&PublishError> for Code {
+    fn from(error: &PublishError) -> Self {
+        match error {
+            PublishError::Class(ClassError::NotFound { .. }) => Code::NotFound,
+            PublishError::Class(ClassError::Api { source, .. }) => kube_code(source),
+            PublishError::Class(
+                ClassError::MissingProvider { .. } | ClassError::MissingParameters { .. },
+            ) => Code::FailedPrecondition,
+            PublishError::Provider { source, .. } => source.grpc_code(),
+            PublishError::Payload { .. } => Code::Internal,
+            PublishError::TargetPath { .. } | PublishError::Write { .. } => Code::Internal,
+            PublishError::Mount(
+                MountError::Mount { .. } | MountError::Unmount { .. } | MountError::Inspect { .. },
+            ) => Code::Internal,
+            PublishError::PodStatus(PodStatusError::NameTooLong { .. }) => Code::FailedPrecondition,
+            PublishError::PodStatus(PodStatusError::Api { source, .. }) => kube_code(source),
+        }
+    }
+}
+
+impl From<PublishError> for Status {
+    fn from(error: PublishError) -> Self {
+        Status::new(Code::from(&error), full_message(&error))
+    }
+}
+
+impl From<UnpublishError> for Status {
+    fn from(error: UnpublishError) -> Self {
+        let code = match &error {
+            UnpublishError::Unmount { .. }
+            | UnpublishError::NestedMount { .. }
+            | UnpublishError::Remove { .. } => Code::Internal,
+        };
+        Status::new(code, full_message(&error))
+    }
+}
+
+/// Retryable API failures stay retryable; refusals say so.
+fn kube_code(error: &kube::Error) -> Code {
+    match error {
+        kube::Error::Api(status) if status.code == 403 => Code::PermissionDenied,
+        kube::Error::Api(status) if status.code == 404 => Code::NotFound,
+        kube::Error::Api(status) if status.code == 409 => Code::Aborted,
+        _ => Code::Unavailable,
+    }
+}
+
+/// The error and its sources, deduplicated: kubelet shows only this string in the pod's events.
+pub fn full_message(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
+    message
+}

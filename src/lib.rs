@@ -1,0 +1,32 @@
+//! A drop-in replacement for the Kubernetes Secrets Store CSI driver.
+//!
+//! The modules follow the path a secret takes from its store to a pod's volume:
+//!
+//! ```text
+//! kubelet --NodePublishVolume--> csi::node         typed request (pod, ns, uid, SA, tokens, spc, target)
+//!   csi::guard                                    second concurrent call on a target -> ABORTED
+//!   publish::publish(ctx, request)                one pipeline, also used by `mount`
+//!     class     : SecretProviderClass lookup (pod namespace) + parameter assembly
+//!     provider  : registry -> built-in (local) or external plugin socket
+//!     volume    : validate payload -> tmpfs mount -> atomic writer (..data swap)
+//!     pod_status: SecretProviderClassPodStatus record (node label, pod owner, object versions)
+//!   <-- Ok | one PublishError -> tonic::Status mapping (csi::status)
+//! ```
+//!
+//! Secret values and tokens only ever travel inside [`redact::Secret`], whose `Debug` and
+//! `Display` print `<redacted>`.
+
+pub mod app;
+pub mod class;
+pub mod cli;
+pub mod crd;
+pub mod csi;
+pub mod metrics;
+pub mod pod_status;
+pub mod proto;
+pub mod provider;
+pub mod publish;
+pub mod redact;
+pub mod shutdown;
+pub mod telemetry;
+pub mod volume;

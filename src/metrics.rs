@@ -1,0 +1,310 @@
+//! Prometheus metrics with the upstream driver's names and labels, so existing dashboards and
+//! alerts keep working, served on `--metrics-addr`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// `os_type` as upstream reports it (Go's `runtime.GOOS`).
+const OS_TYPE: &str = std::env::consts::OS;
+
+/// Labels `provider`, `os_type`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+    os_type: String,
+}
+
+/// Labels `provider`, `error_type`, `os_type`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderErrorLabels {
+    provider: String,
+    error_type: String,
+    os_type: String,
+}
+
+/// Label `os_type`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OsLabels {
+    os_type: String,
+}
+
+/// Labels `provider`, `os_type`, `rotated`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RotationLabels {
+    provider: String,
+    os_type: String,
+    rotated: String,
+}
+
+/// Labels `provider`, `error_type`, `os_type`, `rotated`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RotationErrorLabels {
+    provider: String,
+    error_type: String,
+    os_type: String,
+    rotated: String,
+}
+
+/// Every metric the driver records.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    node_publish: Family<ProviderLabels, Counter>,
+    node_publish_error: Family<ProviderErrorLabels, Counter>,
+    node_unpublish: Family<OsLabels, Counter>,
+    node_unpublish_error: Family<OsLabels, Counter>,
+    rotation_reconcile: Family<RotationLabels, Counter>,
+    rotation_reconcile_error: Family<RotationErrorLabels, Counter>,
+    rotation_reconcile_duration: Family<OsLabels, Histogram>,
+    publish_duration: Family<ProviderLabels, Histogram>,
+}
+
+/// Upstream's `ExponentialBucketsRange(0.1, 2, 11)`.
+fn rotation_buckets() -> impl Iterator<Item = f64> {
+    (0..11).map(|i| 0.1 * 20f64.powf(f64::from(i) / 10.0))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let node_publish = Family::default();
+        let node_publish_error = Family::default();
+        let node_unpublish = Family::default();
+        let node_unpublish_error = Family::default();
+        let rotation_reconcile = Family::default();
+        let rotation_reconcile_error = Family::default();
+        let rotation_reconcile_duration =
+            Family::<OsLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(rotation_buckets())
+            });
+        let publish_duration = Family::<ProviderLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.001, 2.0, 16,
+            ))
+        });
+        registry.register(
+            "node_publish",
+            "Successful NodePublishVolume calls",
+            node_publish.clone(),
+        );
+        registry.register(
+            "node_publish_error",
+            "Failed NodePublishVolume calls",
+            node_publish_error.clone(),
+        );
+        registry.register(
+            "node_unpublish",
+            "Successful NodeUnpublishVolume calls",
+            node_unpublish.clone(),
+        );
+        registry.register(
+            "node_unpublish_error",
+            "Failed NodeUnpublishVolume calls",
+            node_unpublish_error.clone(),
+        );
+        registry.register(
+            "rotation_reconcile",
+            "Successful rotations of mounted volumes",
+            rotation_reconcile.clone(),
+        );
+        registry.register(
+            "rotation_reconcile_error",
+            "Failed rotations of mounted volumes",
+            rotation_reconcile_error.clone(),
+        );
+        registry.register(
+            "rotation_reconcile_duration_sec",
+            "Duration of rotations of mounted volumes in seconds",
+            rotation_reconcile_duration.clone(),
+        );
+        registry.register(
+            "node_publish_duration_seconds",
+            "Duration of NodePublishVolume calls that fetched from a provider, in seconds",
+            publish_duration.clone(),
+        );
+        Self {
+            registry,
+            node_publish,
+            node_publish_error,
+            node_unpublish,
+            node_unpublish_error,
+            rotation_reconcile,
+            rotation_reconcile_error,
+            rotation_reconcile_duration,
+            publish_duration,
+        }
+    }
+
+    /// A NodePublishVolume succeeded (including idempotent and skipped calls, as upstream).
+    pub fn publish_ok(&self, provider: &str) {
+        self.node_publish
+            .get_or_create(&provider_labels(provider))
+            .inc();
+    }
+
+    /// A NodePublishVolume failed, or a rotation failure was masked.
+    pub fn publish_error(&self, provider: &str, error_type: &str) {
+        let labels = ProviderErrorLabels {
+            provider: provider.to_owned(),
+            error_type: error_type.to_owned(),
+            os_type: OS_TYPE.to_owned(),
+        };
+        self.node_publish_error.get_or_create(&labels).inc();
+    }
+
+    /// How long a fetch from a provider and write took.
+    pub fn publish_duration(&self, provider: &str, elapsed: Duration) {
+        self.publish_duration
+            .get_or_create(&provider_labels(provider))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A NodeUnpublishVolume finished.
+    pub fn unpublish(&self, ok: bool) {
+        let family = if ok {
+            &self.node_unpublish
+        } else {
+            &self.node_unpublish_error
+        };
+        family
+            .get_or_create(&OsLabels {
+                os_type: OS_TYPE.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A rotation of a mounted volume succeeded.
+    pub fn rotation_ok(&self, provider: &str, elapsed: Duration) {
+        let labels = RotationLabels {
+            provider: provider.to_owned(),
+            os_type: OS_TYPE.to_owned(),
+            rotated: "true".to_owned(),
+        };
+        self.rotation_reconcile.get_or_create(&labels).inc();
+        self.rotation_reconcile_duration
+            .get_or_create(&OsLabels {
+                os_type: OS_TYPE.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A rotation of a mounted volume failed; the old files stay.
+    pub fn rotation_error(&self, provider: &str, error_type: &str) {
+        let labels = RotationErrorLabels {
+            provider: provider.to_owned(),
+            error_type: error_type.to_owned(),
+            os_type: OS_TYPE.to_owned(),
+            rotated: "true".to_owned(),
+        };
+        self.rotation_reconcile_error.get_or_create(&labels).inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn provider_labels(provider: &str) -> ProviderLabels {
+    ProviderLabels {
+        provider: provider.to_owned(),
+        os_type: OS_TYPE.to_owned(),
+    }
+}
+
+/// Parses a Go-style listen address: `:8095` means every interface.
+pub fn parse_addr(addr: &str) -> Result<SocketAddr, std::net::AddrParseError> {
+    match addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}").parse(),
+        None => addr.parse(),
+    }
+}
+
+/// Serves `/metrics` (and `/healthz`) until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(exposition))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn exposition(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_upstream_names_and_labels() {
+        let metrics = Metrics::new();
+        metrics.publish_ok("vault");
+        metrics.publish_error("vault", "FileWriteError");
+        metrics.unpublish(true);
+        metrics.rotation_ok("vault", Duration::from_millis(150));
+        let text = metrics.encode();
+        for expected in [
+            "node_publish_total{provider=\"vault\",os_type=\"linux\"} 1",
+            "node_publish_error_total{provider=\"vault\",error_type=\"FileWriteError\",os_type=\"linux\"} 1",
+            "node_unpublish_total{os_type=\"linux\"} 1",
+            "rotation_reconcile_total{provider=\"vault\",os_type=\"linux\",rotated=\"true\"} 1",
+            "rotation_reconcile_duration_sec_bucket{le=\"0.1\",os_type=\"linux\"} 0",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn buckets_match_upstream() {
+        let buckets: Vec<f64> = rotation_buckets().collect();
+        assert_eq!(buckets.len(), 11);
+        assert!((buckets[0] - 0.1).abs() < 1e-9 && (buckets[10] - 2.0).abs() < 1e-9);
+        assert!((buckets[1] - 0.1349).abs() < 1e-3);
+    }
+
+    #[test]
+    fn go_style_addresses_listen_everywhere() {
+        assert_eq!(parse_addr(":8095").unwrap().to_string(), "0.0.0.0:8095");
+        assert_eq!(
+            parse_addr("127.0.0.1:9").unwrap().to_string(),
+            "127.0.0.1:9"
+        );
+    }
+}

@@ -1,0 +1,478 @@
+//! The built-in `local` provider: objects from a YAML/JSON file or a directory on this host.
+//!
+//! It exists for `mount`, demos and tests. On a node it is off unless the operator names a root
+//! directory, and then it cannot read outside that root (a pod could otherwise read node files
+//! as root).
+//!
+//! Parameters:
+//! - `source`: a YAML/JSON file mapping object names to values, or a directory whose files are
+//!   the objects (named by relative path).
+//! - `objects` (optional): a YAML list of `{objectName, objectAlias, filePermission}` selecting
+//!   objects; without it every object of the source is mounted.
+//! - `filePermission` (optional): default octal mode, e.g. `"0640"`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use ring::hmac;
+use serde::Deserialize;
+
+use super::{MountRequest, MountResponse, ObjectVersion, Provider, ProviderError, ProviderFile};
+use crate::redact::{Secret, SecretBytes};
+
+const NAME: &str = "local";
+
+/// Reads objects from local files, optionally jailed to a root directory.
+#[derive(Debug)]
+pub struct LocalProvider {
+    base: PathBuf,
+    jail: bool,
+    version_key: hmac::Key,
+}
+
+impl LocalProvider {
+    /// For nodes: `source` is resolved under `root` and may not leave it, symlinks included.
+    pub fn jailed(root: PathBuf) -> Self {
+        Self {
+            base: root,
+            jail: true,
+            version_key: random_key(),
+        }
+    }
+
+    /// For the `mount` command: relative sources are resolved against `base`, nothing is jailed.
+    pub fn unjailed(base: PathBuf) -> Self {
+        Self {
+            base,
+            jail: false,
+            version_key: random_key(),
+        }
+    }
+
+    fn load(
+        &self,
+        parameters: &BTreeMap<String, String>,
+        default_mode: u32,
+    ) -> Result<MountResponse, ProviderError> {
+        let source = parameters.get("source").filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            invalid("parameter `source` is required: the path of a YAML/JSON file or a directory holding the objects")
+        })?;
+        let default_mode = match parameters.get("filePermission") {
+            Some(mode) => {
+                parse_mode(mode).map_err(|why| invalid(&format!("filePermission: {why}")))?
+            }
+            None => default_mode,
+        };
+        let selection = match parameters.get("objects") {
+            Some(objects) if !objects.trim().is_empty() => Some(parse_objects(objects)?),
+            _ => None,
+        };
+        let source_path = self.resolve(Path::new(source.trim()))?;
+        let available = if source_path.is_dir() {
+            self.read_dir(&source_path)?
+        } else {
+            read_file(&source_path)?
+        };
+
+        let mut files = Vec::new();
+        let mut versions = Vec::new();
+        let mut seen = BTreeSet::new();
+        let wanted: Vec<ObjectSpec> = match selection {
+            Some(selection) => selection,
+            None => available
+                .keys()
+                .map(|name| ObjectSpec::named(name))
+                .collect(),
+        };
+        for (index, object) in wanted.iter().enumerate() {
+            let contents = available.get(&object.object_name).ok_or_else(|| {
+                ProviderError::ObjectNotFound {
+                    provider: NAME.to_owned(),
+                    message: format!(
+                        "objects[{index}]: object {:?} is not in {}; check objectName",
+                        object.object_name,
+                        source_path.display()
+                    ),
+                }
+            })?;
+            let path = object
+                .object_alias
+                .clone()
+                .unwrap_or_else(|| object.object_name.clone());
+            if !seen.insert(path.clone()) {
+                return Err(invalid(&format!(
+                    "objects[{index}] ({}): file {path:?} is produced twice; give one of them an objectAlias",
+                    object.object_name
+                )));
+            }
+            let mode = match &object.file_permission {
+                Some(mode) => parse_mode(mode).map_err(|why| {
+                    invalid(&format!(
+                        "objects[{index}] ({}): filePermission: {why}",
+                        object.object_name
+                    ))
+                })?,
+                None => default_mode,
+            };
+            versions.push(ObjectVersion {
+                id: path.clone(),
+                version: self.version(contents.expose()),
+            });
+            files.push(ProviderFile {
+                path,
+                mode: i32::try_from(mode).unwrap_or(0o644),
+                contents: contents.clone(),
+            });
+        }
+        Ok(MountResponse { versions, files })
+    }
+
+    /// A keyed hash: changes with the content, reveals nothing about it.
+    fn version(&self, contents: &[u8]) -> String {
+        let tag = hmac::sign(&self.version_key, contents);
+        tag.as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn resolve(&self, source: &Path) -> Result<PathBuf, ProviderError> {
+        if self.jail
+            && source
+                .components()
+                .any(|c| matches!(c, Component::ParentDir))
+        {
+            return Err(denied(&format!(
+                "source {} may not contain '..'",
+                source.display()
+            )));
+        }
+        let relative = source.strip_prefix("/").unwrap_or(source);
+        let joined = if self.jail || source.is_relative() {
+            self.base.join(relative)
+        } else {
+            source.to_owned()
+        };
+        let resolved = joined
+            .canonicalize()
+            .map_err(|err| ProviderError::ObjectNotFound {
+                provider: NAME.to_owned(),
+                message: format!("source {} cannot be read: {err}", joined.display()),
+            })?;
+        self.check_inside(&resolved)?;
+        Ok(resolved)
+    }
+
+    fn check_inside(&self, resolved: &Path) -> Result<(), ProviderError> {
+        if !self.jail {
+            return Ok(());
+        }
+        let root = self
+            .base
+            .canonicalize()
+            .map_err(|err| ProviderError::Backend {
+                provider: NAME.to_owned(),
+                message: format!(
+                    "--local-provider-root {} cannot be read: {err}",
+                    self.base.display()
+                ),
+            })?;
+        if resolved.starts_with(&root) {
+            Ok(())
+        } else {
+            Err(denied(&format!(
+                "{} is outside --local-provider-root {}",
+                resolved.display(),
+                root.display()
+            )))
+        }
+    }
+
+    fn read_dir(&self, dir: &Path) -> Result<BTreeMap<String, SecretBytes>, ProviderError> {
+        let mut objects = BTreeMap::new();
+        let mut pending = vec![(dir.to_owned(), String::new())];
+        while let Some((current, prefix)) = pending.pop() {
+            let entries = std::fs::read_dir(&current).map_err(|err| backend(&current, &err))?;
+            for entry in entries {
+                let entry = entry.map_err(|err| backend(&current, &err))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Dot entries are hidden, as in Kubernetes' own `..data` layouts.
+                if name.starts_with('.') {
+                    continue;
+                }
+                let path = entry.path();
+                let resolved = path.canonicalize().map_err(|err| backend(&path, &err))?;
+                self.check_inside(&resolved)?;
+                let relative = if prefix.is_empty() {
+                    name
+                } else {
+                    format!("{prefix}/{name}")
+                };
+                if resolved.is_dir() {
+                    pending.push((resolved, relative));
+                } else {
+                    let bytes = std::fs::read(&resolved).map_err(|err| backend(&resolved, &err))?;
+                    objects.insert(relative, Secret::new(bytes));
+                }
+            }
+        }
+        Ok(objects)
+    }
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
+        // A handful of small local reads: cheaper inline than a trip to the blocking pool.
+        self.load(&request.parameters, request.default_mode)
+    }
+}
+
+/// One entry of the `objects` parameter.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ObjectSpec {
+    #[serde(default)]
+    object_name: String,
+    #[serde(default)]
+    object_alias: Option<String>,
+    #[serde(default)]
+    file_permission: Option<String>,
+}
+
+impl ObjectSpec {
+    fn named(name: &str) -> Self {
+        Self {
+            object_name: name.to_owned(),
+            object_alias: None,
+            file_permission: None,
+        }
+    }
+}
+
+/// A value in a source file: a plain string, or `{value}` / `{valueBase64}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SourceValue {
+    Plain(String),
+    Detailed {
+        #[serde(default)]
+        value: Option<String>,
+        #[serde(default, rename = "valueBase64")]
+        value_base64: Option<String>,
+    },
+}
+
+fn parse_objects(yaml: &str) -> Result<Vec<ObjectSpec>, ProviderError> {
+    let objects: Vec<ObjectSpec> = serde_saphyr::from_str(yaml).map_err(|err| {
+        invalid(&format!(
+            "parameter `objects` is not a YAML list of {{objectName, objectAlias, filePermission}}: {err}"
+        ))
+    })?;
+    for (index, object) in objects.iter().enumerate() {
+        if object.object_name.trim().is_empty() {
+            return Err(invalid(&format!(
+                "objects[{index}]: objectName is required"
+            )));
+        }
+    }
+    Ok(objects)
+}
+
+fn read_file(path: &Path) -> Result<BTreeMap<String, SecretBytes>, ProviderError> {
+    let text = std::fs::read_to_string(path).map_err(|err| backend(path, &err))?;
+    // YAML is a superset of JSON, so one parser reads both.
+    let values: BTreeMap<String, SourceValue> = serde_saphyr::from_str(&text).map_err(|err| {
+        invalid(&format!(
+            "source {} is not a YAML/JSON map of object name to value: {}",
+            path.display(),
+            // The parser's message may quote the document; keep only its position.
+            err.to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+        ))
+    })?;
+    let mut objects = BTreeMap::new();
+    for (name, value) in values {
+        let bytes = match value {
+            SourceValue::Plain(text)
+            | SourceValue::Detailed {
+                value: Some(text),
+                value_base64: None,
+            } => text.into_bytes(),
+            SourceValue::Detailed {
+                value: None,
+                value_base64: Some(encoded),
+            } => base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| {
+                    invalid(&format!(
+                        "object {name:?} in {}: valueBase64 is not valid base64",
+                        path.display()
+                    ))
+                })?,
+            SourceValue::Detailed { .. } => {
+                return Err(invalid(&format!(
+                    "object {name:?} in {}: give exactly one of value or valueBase64",
+                    path.display()
+                )));
+            }
+        };
+        objects.insert(name, Secret::new(bytes));
+    }
+    Ok(objects)
+}
+
+/// Parses an octal permission such as `"0640"` or `"640"`.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let trimmed = text.trim();
+    let digits = trimmed.strip_prefix("0o").unwrap_or(trimmed);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
+        _ => Err(format!(
+            "{trimmed:?} is not an octal mode between 0000 and 0777"
+        )),
+    }
+}
+
+fn random_key() -> hmac::Key {
+    let rng = ring::rand::SystemRandom::new();
+    // Only fails if the OS has no randomness source, in which case nothing else works either.
+    hmac::Key::generate(hmac::HMAC_SHA256, &rng)
+        .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, b"local"))
+}
+
+fn invalid(message: &str) -> ProviderError {
+    ProviderError::InvalidParameters {
+        provider: NAME.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+fn denied(message: &str) -> ProviderError {
+    ProviderError::PermissionDenied {
+        provider: NAME.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+fn backend(path: &Path, err: &std::io::Error) -> ProviderError {
+    ProviderError::Backend {
+        provider: NAME.to_owned(),
+        message: format!("cannot read {}: {err}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_a_yaml_file_with_selection_aliases_and_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("s.yaml"),
+            "a: alpha\nb:\n  valueBase64: aGVsbG8=\nc: gamma\n",
+        )
+        .unwrap();
+        let provider = LocalProvider::unjailed(dir.path().to_owned());
+        let objects = "- objectName: a\n- objectName: b\n  objectAlias: nested/b\n  filePermission: \"0600\"\n";
+        let response = provider
+            .load(
+                &params(&[("source", "s.yaml"), ("objects", objects)]),
+                0o644,
+            )
+            .unwrap();
+        let files: Vec<_> = response
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.mode, f.contents.expose().clone()))
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                ("a", 0o644, b"alpha".to_vec()),
+                ("nested/b", 0o600, b"hello".to_vec())
+            ]
+        );
+        assert_eq!(response.versions.len(), 2);
+        assert!(!response.versions[0].version.contains("alpha"));
+    }
+
+    #[test]
+    fn versions_change_with_content_only() {
+        let provider = LocalProvider::unjailed(PathBuf::from("/"));
+        assert_eq!(provider.version(b"x"), provider.version(b"x"));
+        assert_ne!(provider.version(b"x"), provider.version(b"y"));
+    }
+
+    #[test]
+    fn a_jailed_provider_cannot_leave_its_root() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("s.yaml"), "a: alpha\n").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("s.yaml"), root.path().join("link.yaml"))
+            .unwrap();
+        let provider = LocalProvider::jailed(root.path().to_owned());
+        for source in ["../s.yaml", "link.yaml"] {
+            let err = provider
+                .load(&params(&[("source", source)]), 0o644)
+                .unwrap_err();
+            assert!(
+                matches!(err, ProviderError::PermissionDenied { .. }),
+                "{source}: {err}"
+            );
+        }
+        let absolute = outside.path().join("s.yaml");
+        let err = provider
+            .load(&params(&[("source", absolute.to_str().unwrap())]), 0o644)
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::ObjectNotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn bad_parameters_name_the_object_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s.yaml"), "a: alpha\n").unwrap();
+        let provider = LocalProvider::unjailed(dir.path().to_owned());
+        let cases = [
+            (
+                "- objectName: a\n  filePermission: \"999\"\n",
+                "objects[0] (a): filePermission",
+            ),
+            (
+                "- objectName: missing\n",
+                "objects[0]: object \"missing\" is not in",
+            ),
+            ("- objectAlias: x\n", "objects[0]: objectName is required"),
+            (
+                "- objectName: a\n- objectName: a\n",
+                "objects[1] (a): file \"a\" is produced twice",
+            ),
+        ];
+        for (objects, expected) in cases {
+            let err = provider
+                .load(
+                    &params(&[("source", "s.yaml"), ("objects", objects)]),
+                    0o644,
+                )
+                .unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+        let err = provider.load(&params(&[]), 0o644).unwrap_err();
+        assert!(err.to_string().contains("`source` is required"), "{err}");
+    }
+}

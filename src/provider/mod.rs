@@ -1,0 +1,273 @@
+//! Where secret bytes come from: the `Provider` trait, its domain types, and the registry that
+//! resolves a provider name to a built-in provider or an external plugin socket.
+//!
+//! Nothing here knows about protobuf; `external` converts at the socket edge.
+
+pub mod external;
+pub mod local;
+mod registry;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use registry::{Registry, RegistryConfig};
+
+use crate::redact::{SecretBytes, SecretString};
+
+/// Volume attribute under which kubelet passes the pod's service-account tokens (JSON).
+pub const TOKENS_ATTRIBUTE: &str = "csi.storage.k8s.io/serviceAccount.tokens";
+
+/// A source of secret objects for one volume.
+#[async_trait]
+pub trait Provider: Send + Sync + fmt::Debug {
+    /// Fetches every object of one volume.
+    async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError>;
+}
+
+/// Everything a provider is told about one volume.
+#[derive(Debug, Clone, Default)]
+pub struct MountRequest {
+    /// SecretProviderClass parameters merged with the pod's volume attributes (no tokens).
+    pub parameters: BTreeMap<String, String>,
+    /// The pod's service-account tokens as kubelet sent them (a JSON object per audience).
+    pub service_account_tokens: Option<SecretString>,
+    /// The `nodePublishSecretRef` Secret's data, if the volume names one.
+    pub secrets: Option<BTreeMap<String, SecretString>>,
+    /// Kubelet's target path; some external providers still write there themselves.
+    pub target_path: PathBuf,
+    /// Default file mode for providers that do not set one per file.
+    pub default_mode: u32,
+    /// Versions currently mounted, so a provider can skip unchanged objects.
+    pub current_versions: Vec<ObjectVersion>,
+    /// Time left before the caller gives up.
+    pub timeout: Option<Duration>,
+}
+
+/// What a provider returns for one volume.
+#[derive(Debug, Clone, Default)]
+pub struct MountResponse {
+    /// One entry per object; used for rotation and the SecretProviderClassPodStatus.
+    pub versions: Vec<ObjectVersion>,
+    /// Files to write into the volume; empty for legacy providers that wrote their own.
+    pub files: Vec<ProviderFile>,
+}
+
+/// One object's id and version.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectVersion {
+    /// Provider-defined unique id.
+    pub id: String,
+    /// Changes exactly when the content changes; never the content itself.
+    pub version: String,
+}
+
+/// A file as returned by a provider, before any validation.
+#[derive(Debug, Clone)]
+pub struct ProviderFile {
+    /// Path relative to the volume root, as sent (validated by `volume::payload`).
+    pub path: String,
+    /// Permission bits as sent (validated by `volume::payload`).
+    pub mode: i32,
+    /// The secret bytes.
+    pub contents: SecretBytes,
+}
+
+/// Why a provider could not produce a volume's objects.
+///
+/// Every variant names the provider and says what to check, because the message ends up in
+/// the pod's `FailedMount` event.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The name cannot be a provider name, so no path is built from it.
+    #[error(
+        "invalid provider name {name:?}: a provider name is 1 to 30 letters, digits, '_' or '-'"
+    )]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+    },
+    /// No built-in provider and no plugin socket has this name.
+    #[error(
+        "provider {name:?} not found: it is not built in and no {name}.sock exists in {searched}; \
+         check spec.provider in the SecretProviderClass and that the provider's DaemonSet runs on this node"
+    )]
+    NotFound {
+        /// The provider name.
+        name: String,
+        /// The directories searched, comma-separated.
+        searched: String,
+    },
+    /// A built-in provider that this node has not enabled.
+    #[error("provider {name:?} is disabled on this node: {hint}")]
+    Disabled {
+        /// The provider name.
+        name: String,
+        /// How to enable it.
+        hint: String,
+    },
+    /// The SecretProviderClass parameters are malformed for this provider.
+    #[error("provider {provider:?} rejected its parameters: {message}")]
+    InvalidParameters {
+        /// The provider name.
+        provider: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// An object named in the parameters does not exist in the backend.
+    #[error("provider {provider:?}: {message}")]
+    ObjectNotFound {
+        /// The provider name.
+        provider: String,
+        /// Which object and where it was looked for.
+        message: String,
+    },
+    /// The backend refused access.
+    #[error("provider {provider:?}: permission denied: {message}")]
+    PermissionDenied {
+        /// The provider name.
+        provider: String,
+        /// What was refused.
+        message: String,
+    },
+    /// The plugin's socket exists but does not answer.
+    #[error(
+        "provider {provider:?} at {socket} is unavailable: {message}; check that the provider's pod is running"
+    )]
+    Unavailable {
+        /// The provider name.
+        provider: String,
+        /// The socket dialed.
+        socket: String,
+        /// The transport error.
+        message: String,
+    },
+    /// The call did not finish before the deadline.
+    #[error("provider {provider:?} did not answer within {timeout:?}")]
+    DeadlineExceeded {
+        /// The provider name.
+        provider: String,
+        /// How long it was given.
+        timeout: Duration,
+    },
+    /// The response was larger than `--max-call-recv-msg-size`.
+    #[error(
+        "provider {provider:?} sent a response larger than {limit} bytes: {message}; \
+         raise --max-call-recv-msg-size (and the driver's memory limit) to mount this volume"
+    )]
+    ResponseTooLarge {
+        /// The provider name.
+        provider: String,
+        /// The configured limit.
+        limit: usize,
+        /// The transport's message.
+        message: String,
+    },
+    /// The plugin answered with a gRPC error.
+    #[error("provider {provider:?} failed: {code:?}: {message}")]
+    Rpc {
+        /// The provider name.
+        provider: String,
+        /// The gRPC code it returned.
+        code: tonic::Code,
+        /// Its message.
+        message: String,
+    },
+    /// The plugin answered with a non-empty `error.code`.
+    #[error("mount request failed with provider error code {code} (provider {provider:?})")]
+    ErrorCode {
+        /// The provider name.
+        provider: String,
+        /// The code, also the metric's `error_type`.
+        code: String,
+    },
+    /// The response had no object versions, which rotation and the pod status need.
+    #[error(
+        "provider {provider:?} returned no object versions (missing object versions); \
+         every provider must report at least one"
+    )]
+    MissingObjectVersions {
+        /// The provider name.
+        provider: String,
+    },
+    /// The backend failed in a way not covered above.
+    #[error("provider {provider:?}: {message}")]
+    Backend {
+        /// The provider name.
+        provider: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl ProviderError {
+    /// The gRPC code kubelet sees, chosen so that retrying helps exactly when it can.
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Self::InvalidName { .. } | Self::InvalidParameters { .. } => Code::InvalidArgument,
+            Self::NotFound { .. } | Self::ObjectNotFound { .. } => Code::NotFound,
+            Self::Disabled { .. } => Code::FailedPrecondition,
+            Self::PermissionDenied { .. } => Code::PermissionDenied,
+            Self::Unavailable { .. } => Code::Unavailable,
+            Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Self::ResponseTooLarge { .. } => Code::ResourceExhausted,
+            Self::Rpc { code, .. } => *code,
+            Self::ErrorCode { .. } | Self::Backend { .. } => Code::Unknown,
+            Self::MissingObjectVersions { .. } => Code::Internal,
+        }
+    }
+
+    /// The upstream metric `error_type` for this failure.
+    pub fn error_type(&self) -> String {
+        match self {
+            Self::ErrorCode { code, .. } => code.clone(),
+            Self::InvalidName { .. } | Self::NotFound { .. } | Self::Disabled { .. } => {
+                String::new()
+            }
+            _ => "GRPCProviderError".to_owned(),
+        }
+    }
+}
+
+/// Checks a provider name as upstream does (`^[a-zA-Z0-9_-]{0,30}$`, and not empty) before
+/// any path is built from it.
+pub fn validate_name(name: &str) -> Result<(), ProviderError> {
+    let valid = !name.is_empty()
+        && name.len() <= 30
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ProviderError::InvalidName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_names_are_checked_before_building_paths() {
+        for good in ["vault", "aws", "e2e-provider", "a_b-1", &"x".repeat(30)] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "../etc",
+            "a/b",
+            "a.b",
+            &"x".repeat(31),
+            "name with space",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Provider output is untrusted: every path and mode is checked before anything is written.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::provider::ProviderFile;
+use crate::redact::SecretBytes;
+
+/// Longest path accepted, as upstream (Linux `PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
+/// Longest path element accepted (Linux `NAME_MAX`).
+pub const MAX_ELEMENT_LEN: usize = 255;
+
+/// Validated files, keyed by their relative path.
+#[derive(Debug, Default, Clone)]
+pub struct Payload {
+    files: BTreeMap<PathBuf, PayloadFile>,
+}
+
+/// One file to write, with its exact permission bits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PayloadFile {
+    /// Permission bits, applied exactly (including 0).
+    pub mode: u32,
+    /// The bytes.
+    pub contents: SecretBytes,
+}
+
+/// A provider file that cannot be written safely.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PayloadError {
+    /// The path breaks a rule; `reason` says which.
+    #[error("provider returned an unsafe file path {path:?}: {reason}")]
+    Path {
+        /// The offending path.
+        path: String,
+        /// The rule it breaks.
+        reason: &'static str,
+    },
+    /// The mode is not permission bits.
+    #[error(
+        "provider returned file {path:?} with mode {mode:#o}: a file mode must be between 0 and 0777"
+    )]
+    Mode {
+        /// The file.
+        path: String,
+        /// The offending mode.
+        mode: i32,
+    },
+    /// One path is both a file and a directory of another path.
+    #[error("provider returned {file:?} as a file and as a directory of {other:?}")]
+    Conflict {
+        /// The file.
+        file: String,
+        /// The path below it.
+        other: String,
+    },
+}
+
+impl Payload {
+    /// Checks every file; on duplicate paths the last one wins, as upstream.
+    pub fn validate(files: Vec<ProviderFile>) -> Result<Self, PayloadError> {
+        let mut payload = BTreeMap::new();
+        for file in files {
+            check_path(&file.path)?;
+            let mode = u32::try_from(file.mode)
+                .ok()
+                .filter(|mode| *mode <= 0o777)
+                .ok_or_else(|| PayloadError::Mode {
+                    path: file.path.clone(),
+                    mode: file.mode,
+                })?;
+            payload.insert(
+                PathBuf::from(&file.path),
+                PayloadFile {
+                    mode,
+                    contents: file.contents,
+                },
+            );
+        }
+        // A path that is a prefix of another would need to be both file and directory.
+        let paths: Vec<&PathBuf> = payload.keys().collect();
+        for pair in paths.windows(2) {
+            let (file, next) = (pair[0], pair[1]);
+            if next.starts_with(file) {
+                return Err(PayloadError::Conflict {
+                    file: file.display().to_string(),
+                    other: next.display().to_string(),
+                });
+            }
+        }
+        Ok(Self { files: payload })
+    }
+
+    /// The files in path order.
+    pub fn files(&self) -> impl Iterator<Item = (&Path, &PayloadFile)> {
+        self.files.iter().map(|(path, file)| (path.as_path(), file))
+    }
+
+    /// The file at `path`, if any.
+    pub fn get(&self, path: &Path) -> Option<&PayloadFile> {
+        self.files.get(path)
+    }
+
+    /// Number of files.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether there are no files (a legacy provider that wrote its own).
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The distinct first path elements: the names visible at the volume root.
+    pub fn top_level_names(&self) -> std::collections::BTreeSet<String> {
+        self.files
+            .keys()
+            .filter_map(|path| path.components().next())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+fn check_path(path: &str) -> Result<(), PayloadError> {
+    let fail = |reason| {
+        Err(PayloadError::Path {
+            path: path.to_owned(),
+            reason,
+        })
+    };
+    if path.is_empty() {
+        return fail("the path is empty");
+    }
+    if path.len() > MAX_PATH_LEN {
+        return fail("the path is longer than 4096 bytes");
+    }
+    if path.contains('\0') {
+        return fail("the path contains a NUL byte");
+    }
+    if path.starts_with('/') {
+        return fail("the path is absolute; it must be relative to the volume");
+    }
+    let elements: Vec<&str> = path.split('/').collect();
+    for element in &elements {
+        match *element {
+            ".." => return fail("the path contains '..'"),
+            "" | "." => return fail("the path is not clean (empty, '.' or trailing '/' element)"),
+            e if e.len() > MAX_ELEMENT_LEN => {
+                return fail("a path element is longer than 255 bytes");
+            }
+            _ => {}
+        }
+    }
+    if elements[0].starts_with("..") {
+        return fail("the first element starts with '..', which is reserved for the writer");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redact::Secret;
+
+    fn file(path: &str, mode: i32) -> ProviderFile {
+        ProviderFile {
+            path: path.to_owned(),
+            mode,
+            contents: Secret::new(b"x".to_vec()),
+        }
+    }
+
+    #[test]
+    fn accepts_clean_relative_paths_and_permission_bits() {
+        let payload = Payload::validate(vec![
+            file("foo", 0),
+            file("nested/bar", 0o777),
+            file("a.b..c", 0o644),
+        ])
+        .unwrap();
+        assert_eq!(payload.len(), 3);
+        assert_eq!(
+            payload.top_level_names().into_iter().collect::<Vec<_>>(),
+            ["a.b..c", "foo", "nested"]
+        );
+    }
+
+    #[test]
+    fn rejects_every_unsafe_path() {
+        let long_element = "x".repeat(256);
+        let long_path = ["y"; 2049].join("/");
+        for bad in [
+            "",
+            "/etc/passwd",
+            "..",
+            "../x",
+            "a/../b",
+            "a/..",
+            "..data",
+            "..2026_01_01",
+            "a//b",
+            "./a",
+            "a/",
+            "a/./b",
+            ".",
+            &long_element,
+            &long_path,
+            "a\0b",
+        ] {
+            assert!(
+                matches!(
+                    Payload::validate(vec![file(bad, 0o644)]),
+                    Err(PayloadError::Path { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_modes_beyond_permission_bits() {
+        for mode in [-1, 0o1000, 0o4755] {
+            assert!(
+                matches!(
+                    Payload::validate(vec![file("a", mode)]),
+                    Err(PayloadError::Mode { .. })
+                ),
+                "{mode:o}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_cannot_also_be_a_directory() {
+        let err = Payload::validate(vec![file("a", 0o644), file("a/b", 0o644)]).unwrap_err();
+        assert!(matches!(err, PayloadError::Conflict { .. }));
+        // A sibling whose name merely starts with the file's name is fine.
+        assert!(Payload::validate(vec![file("a", 0o644), file("ab/c", 0o644)]).is_ok());
+    }
+
+    #[test]
+    fn duplicates_collapse_to_the_last() {
+        let mut second = file("a", 0o600);
+        second.contents = Secret::new(b"second".to_vec());
+        let payload = Payload::validate(vec![file("a", 0o644), second]).unwrap();
+        assert_eq!(payload.get(Path::new("a")).unwrap().mode, 0o600);
+    }
+}
