@@ -67,7 +67,7 @@ pub struct ProviderArgs {
         value_delimiter = ',',
         default_value = "/etc/kubernetes/secrets-store-csi-providers"
     )]
-    pub additional_provider_volume_paths: Vec<PathBuf>,
+    pub additional_provider_volume_paths: Vec<String>,
     /// Largest provider response accepted, in bytes.
     #[arg(long, env = "MAX_CALL_RECV_MSG_SIZE", default_value_t = 4 * 1024 * 1024)]
     pub max_call_recv_msg_size: usize,
@@ -81,8 +81,9 @@ impl ProviderArgs {
     pub fn socket_dirs(&self) -> Vec<PathBuf> {
         self.additional_provider_volume_paths
             .iter()
-            .filter(|p| !p.as_os_str().is_empty())
-            .cloned()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
             .chain(std::iter::once(self.provider_volume.clone()))
             .collect()
     }

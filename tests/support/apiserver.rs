@@ -1,0 +1,779 @@
+//! A stateful fake Kubernetes API server speaking real HTTP/JSON, for the real `kube` client.
+//!
+//! It follows the API conventions, not the driver's expectations: objects get uid,
+//! resourceVersion and creationTimestamp; create answers 409 AlreadyExists, replace checks
+//! resourceVersion (409 Conflict), missing objects are 404 `Status` bodies; lists honour label
+//! and field selectors; watches stream from a resourceVersion. A version a resource does not
+//! serve answers a plain-text 404, as kube-apiserver does.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+/// How one resource is served.
+#[derive(Clone, Debug)]
+pub struct ResourceInfo {
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    pub versions: Vec<&'static str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Key {
+    group: String,
+    resource: String,
+    namespace: String,
+    name: String,
+}
+
+#[derive(Clone, Debug)]
+struct Event {
+    key: Key,
+    kind: &'static str,
+    object: Value,
+    rv: u64,
+}
+
+struct Store {
+    rv: u64,
+    next_uid: u64,
+    objects: BTreeMap<Key, Value>,
+    history: Vec<Event>,
+    resources: HashMap<(String, String), ResourceInfo>,
+    requests: Vec<(String, String)>,
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    events: broadcast::Sender<Event>,
+}
+
+/// A running fake API server on a loopback port.
+pub struct FakeApiServer {
+    pub url: String,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn default_resources() -> Vec<ResourceInfo> {
+    let core = |resource, kind| ResourceInfo {
+        group: "",
+        resource,
+        kind,
+        namespaced: true,
+        versions: vec!["v1"],
+    };
+    let csi = |resource, kind| ResourceInfo {
+        group: "secrets-store.csi.x-k8s.io",
+        resource,
+        kind,
+        namespaced: true,
+        versions: vec!["v1", "v1alpha1"],
+    };
+    vec![
+        core("pods", "Pod"),
+        core("secrets", "Secret"),
+        core("events", "Event"),
+        core("serviceaccounts", "ServiceAccount"),
+        ResourceInfo {
+            group: "events.k8s.io",
+            resource: "events",
+            kind: "Event",
+            namespaced: true,
+            versions: vec!["v1"],
+        },
+        csi("secretproviderclasses", "SecretProviderClass"),
+        csi(
+            "secretproviderclasspodstatuses",
+            "SecretProviderClassPodStatus",
+        ),
+    ]
+}
+
+impl FakeApiServer {
+    /// Starts a server with the resources the driver uses.
+    pub async fn start() -> Self {
+        let resources = default_resources()
+            .into_iter()
+            .map(|r| ((r.group.to_owned(), r.resource.to_owned()), r))
+            .collect();
+        let (events, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store {
+                rv: 1,
+                next_uid: 1,
+                objects: BTreeMap::new(),
+                history: Vec::new(),
+                resources,
+                requests: Vec::new(),
+            }),
+            events,
+        });
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { url, shared, task }
+    }
+
+    /// Serves `resource` of `group` with only these versions (e.g. an old CRD).
+    pub fn set_versions(&self, group: &str, resource: &str, versions: Vec<&'static str>) {
+        let mut store = self.shared.store.lock().unwrap();
+        store
+            .resources
+            .get_mut(&(group.to_owned(), resource.to_owned()))
+            .unwrap()
+            .versions = versions;
+    }
+
+    /// A kubeconfig file content pointing at this server without credentials.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
+             current-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
+            self.url
+        )
+    }
+
+    /// A `kube::Client` for this server.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url.parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// Stores an object directly, as if created through the API.
+    pub fn insert(&self, group: &str, resource: &str, object: Value) -> Value {
+        let mut store = self.shared.store.lock().unwrap();
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let (status, body) = store.create(&self.shared.events, group, resource, &namespace, object);
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    /// The stored object, if any.
+    pub fn get(&self, group: &str, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        let store = self.shared.store.lock().unwrap();
+        store
+            .objects
+            .get(&key(group, resource, namespace, name))
+            .cloned()
+    }
+
+    /// All stored objects of a resource.
+    pub fn list(&self, group: &str, resource: &str) -> Vec<Value> {
+        let store = self.shared.store.lock().unwrap();
+        store
+            .objects
+            .iter()
+            .filter(|(k, _)| k.group == group && k.resource == resource)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// `(method, path)` of every request served so far.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.shared.store.lock().unwrap().requests.clone()
+    }
+}
+
+fn key(group: &str, resource: &str, namespace: &str, name: &str) -> Key {
+    Key {
+        group: group.to_owned(),
+        resource: resource.to_owned(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+/// A parsed request path.
+struct Target {
+    group: String,
+    version: String,
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match parts.as_slice() {
+        ["api", version, rest @ ..] => (String::new(), (*version).to_owned(), rest),
+        ["apis", group, version, rest @ ..] => ((*group).to_owned(), (*version).to_owned(), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some((*ns).to_owned()), rest),
+        rest => (None, rest),
+    };
+    match rest {
+        [resource] => Some(Target {
+            group,
+            version,
+            resource: (*resource).to_owned(),
+            namespace,
+            name: None,
+        }),
+        [resource, name] => Some(Target {
+            group,
+            version,
+            resource: (*resource).to_owned(),
+            namespace,
+            name: Some((*name).to_owned()),
+        }),
+        _ => None,
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: String, kind: &str, name: &str) -> Response {
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": {"name": name, "kind": kind},
+        "code": code.as_u16(),
+    });
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn page_not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "404 page not found\n",
+    )
+        .into_response()
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    shared
+        .store
+        .lock()
+        .unwrap()
+        .requests
+        .push((method.to_string(), uri.path().to_owned()));
+    let Some(target) = parse_path(uri.path()) else {
+        return page_not_found();
+    };
+    let info = {
+        let store = shared.store.lock().unwrap();
+        store
+            .resources
+            .get(&(target.group.clone(), target.resource.clone()))
+            .cloned()
+    };
+    let Some(info) = info.filter(|i| i.versions.contains(&target.version.as_str())) else {
+        return page_not_found();
+    };
+    let api_version = if info.group.is_empty() {
+        target.version.clone()
+    } else {
+        format!("{}/{}", info.group, target.version)
+    };
+    let namespace = target.namespace.clone().unwrap_or_default();
+    let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+
+    match (method, target.name.clone()) {
+        (Method::GET, None) if watch => watch_stream(
+            &shared,
+            &info,
+            &api_version,
+            target.namespace.clone(),
+            &query,
+        ),
+        (Method::GET, None) => {
+            let store = shared.store.lock().unwrap();
+            let items: Vec<Value> = store
+                .objects
+                .iter()
+                .filter(|(k, _)| k.group == info.group && k.resource == info.resource)
+                .filter(|(k, _)| {
+                    target
+                        .namespace
+                        .as_ref()
+                        .is_none_or(|ns| &k.namespace == ns)
+                })
+                .filter(|(_, v)| selects(v, &query))
+                .map(|(_, v)| with_version(v, &api_version))
+                .collect();
+            let list = json!({
+                "kind": format!("{}List", info.kind),
+                "apiVersion": api_version,
+                "metadata": {"resourceVersion": store.rv.to_string()},
+                "items": items,
+            });
+            json_response(StatusCode::OK, &list)
+        }
+        (Method::GET, Some(name)) => {
+            let store = shared.store.lock().unwrap();
+            match store
+                .objects
+                .get(&key(info.group, info.resource, &namespace, &name))
+            {
+                Some(object) => json_response(StatusCode::OK, &with_version(object, &api_version)),
+                None => not_found(&info, &name),
+            }
+        }
+        (Method::POST, None) => {
+            let Ok(object) = serde_json::from_slice::<Value>(&body) else {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "invalid JSON body".into(),
+                    info.kind,
+                    "",
+                );
+            };
+            let mut store = shared.store.lock().unwrap();
+            let (code, body) = store.create(
+                &shared.events,
+                info.group,
+                info.resource,
+                &namespace,
+                object,
+            );
+            if code == StatusCode::CREATED {
+                json_response(code, &with_version(&body, &api_version))
+            } else {
+                (
+                    code,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    body.to_string(),
+                )
+                    .into_response()
+            }
+        }
+        (Method::PUT, Some(name)) => {
+            let Ok(object) = serde_json::from_slice::<Value>(&body) else {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "invalid JSON body".into(),
+                    info.kind,
+                    &name,
+                );
+            };
+            let mut store = shared.store.lock().unwrap();
+            let k = key(info.group, info.resource, &namespace, &name);
+            let Some(existing) = store.objects.get(&k).cloned() else {
+                return not_found(&info, &name);
+            };
+            let sent_rv = object["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default();
+            if !sent_rv.is_empty()
+                && sent_rv
+                    != existing["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+            {
+                return status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {}.{} \"{name}\": the object has been modified; \
+                         please apply your changes to the latest version and try again",
+                        info.resource, info.group
+                    ),
+                    info.kind,
+                    &name,
+                );
+            }
+            let updated = store.update(&shared.events, k, existing, object);
+            json_response(StatusCode::OK, &with_version(&updated, &api_version))
+        }
+        (Method::PATCH, Some(name)) => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "invalid patch body".into(),
+                    info.kind,
+                    &name,
+                );
+            };
+            let mut store = shared.store.lock().unwrap();
+            let k = key(info.group, info.resource, &namespace, &name);
+            let existing = store.objects.get(&k).cloned();
+            match (existing, content_type) {
+                (None, "application/apply-patch+yaml") => {
+                    let (code, body) =
+                        store.create(&shared.events, info.group, info.resource, &namespace, patch);
+                    json_response(code, &with_version(&body, &api_version))
+                }
+                (None, _) => not_found(&info, &name),
+                (Some(existing), _) => {
+                    let mut merged = existing.clone();
+                    merge_patch(&mut merged, &patch);
+                    let updated = store.update(&shared.events, k, existing, merged);
+                    json_response(StatusCode::OK, &with_version(&updated, &api_version))
+                }
+            }
+        }
+        (Method::DELETE, Some(name)) => {
+            let mut store = shared.store.lock().unwrap();
+            let k = key(info.group, info.resource, &namespace, &name);
+            match store.objects.remove(&k) {
+                Some(mut object) => {
+                    store.rv += 1;
+                    object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
+                    let event = Event {
+                        key: k,
+                        kind: "DELETED",
+                        object: object.clone(),
+                        rv: store.rv,
+                    };
+                    store.history.push(event.clone());
+                    let _ = shared.events.send(event);
+                    json_response(StatusCode::OK, &with_version(&object, &api_version))
+                }
+                None => not_found(&info, &name),
+            }
+        }
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "method not allowed".into(),
+            info.kind,
+            "",
+        ),
+    }
+}
+
+impl Store {
+    fn create(
+        &mut self,
+        events: &broadcast::Sender<Event>,
+        group: &str,
+        resource: &str,
+        namespace: &str,
+        mut object: Value,
+    ) -> (StatusCode, Value) {
+        let info = self.resources[&(group.to_owned(), resource.to_owned())].clone();
+        let mut name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if name.is_empty() {
+            if let Some(prefix) = object["metadata"]["generateName"].as_str() {
+                name = format!("{prefix}{:05}", self.next_uid);
+            } else {
+                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid",
+                    "message": format!("{} \"\" is invalid: metadata.name: Required value: name or generateName is required", info.kind),
+                    "code": 422});
+                return (StatusCode::UNPROCESSABLE_ENTITY, body);
+            }
+        }
+        if name.len() > 253 {
+            let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid",
+                "message": format!("{} \"{name}\" is invalid: metadata.name: must be no more than 253 characters", info.kind),
+                "code": 422});
+            return (StatusCode::UNPROCESSABLE_ENTITY, body);
+        }
+        let k = key(group, resource, namespace, &name);
+        if self.objects.contains_key(&k) {
+            let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "reason": "AlreadyExists", "code": 409,
+                "message": format!("{}.{} \"{name}\" already exists", resource, group),
+                "details": {"name": name, "group": group, "kind": resource}});
+            return (StatusCode::CONFLICT, body);
+        }
+        self.rv += 1;
+        let uid = format!("00000000-0000-4000-8000-{:012}", self.next_uid);
+        self.next_uid += 1;
+        let meta = object["metadata"]
+            .as_object_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let mut meta = Value::Object(meta);
+        meta["name"] = json!(name);
+        if info.namespaced {
+            meta["namespace"] = json!(namespace);
+        }
+        meta["uid"] = json!(uid);
+        meta["resourceVersion"] = json!(self.rv.to_string());
+        meta["creationTimestamp"] = json!("2026-11-23T00:00:00Z");
+        meta["generation"] = json!(1);
+        object["metadata"] = meta;
+        self.objects.insert(k.clone(), object.clone());
+        let event = Event {
+            key: k,
+            kind: "ADDED",
+            object: object.clone(),
+            rv: self.rv,
+        };
+        self.history.push(event.clone());
+        let _ = events.send(event);
+        (StatusCode::CREATED, object)
+    }
+
+    fn update(
+        &mut self,
+        events: &broadcast::Sender<Event>,
+        k: Key,
+        existing: Value,
+        mut object: Value,
+    ) -> Value {
+        self.rv += 1;
+        for field in ["uid", "creationTimestamp", "name", "namespace"] {
+            object["metadata"][field] = existing["metadata"][field].clone();
+        }
+        let generation = existing["metadata"]["generation"].as_i64().unwrap_or(1);
+        object["metadata"]["generation"] = json!(generation);
+        object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.objects.insert(k.clone(), object.clone());
+        let event = Event {
+            key: k,
+            kind: "MODIFIED",
+            object: object.clone(),
+            rv: self.rv,
+        };
+        self.history.push(event.clone());
+        let _ = events.send(event);
+        object
+    }
+}
+
+fn not_found(info: &ResourceInfo, name: &str) -> Response {
+    let qualified = if info.group.is_empty() {
+        info.resource.to_owned()
+    } else {
+        format!("{}.{}", info.resource, info.group)
+    };
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("{qualified} \"{name}\" not found"),
+        info.resource,
+        name,
+    )
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+fn with_version(object: &Value, api_version: &str) -> Value {
+    let mut object = object.clone();
+    object["apiVersion"] = json!(api_version);
+    object
+}
+
+/// RFC 7386 JSON merge patch (strategic merge patches are treated the same for our types).
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(fields) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            for (field, value) in fields {
+                if value.is_null() {
+                    target.as_object_mut().unwrap().remove(field);
+                } else {
+                    merge_patch(
+                        target
+                            .as_object_mut()
+                            .unwrap()
+                            .entry(field.clone())
+                            .or_insert(Value::Null),
+                        value,
+                    );
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn selects(object: &Value, query: &HashMap<String, String>) -> bool {
+    let labels = &object["metadata"]["labels"];
+    let label_ok = query
+        .get("labelSelector")
+        .is_none_or(|s| label_selector_matches(s, labels));
+    let field_ok = query
+        .get("fieldSelector")
+        .is_none_or(|s| field_selector_matches(s, object));
+    label_ok && field_ok
+}
+
+/// Equality, set (`in`, `notin`) and existence requirements, comma-separated.
+pub fn label_selector_matches(selector: &str, labels: &Value) -> bool {
+    let value_of = |k: &str| labels.get(k).and_then(Value::as_str);
+    split_requirements(selector).iter().all(|req| {
+        let req = req.trim();
+        if req.is_empty() {
+            return true;
+        }
+        if let Some((k, set)) = req.split_once(" notin ") {
+            let set = parse_set(set);
+            return value_of(k.trim()).is_none_or(|v| !set.contains(&v.to_owned()));
+        }
+        if let Some((k, set)) = req.split_once(" in ") {
+            let set = parse_set(set);
+            return value_of(k.trim()).is_some_and(|v| set.contains(&v.to_owned()));
+        }
+        if let Some((k, v)) = req.split_once("!=") {
+            return value_of(k.trim()) != Some(v.trim());
+        }
+        if let Some((k, v)) = req.split_once("==").or_else(|| req.split_once('=')) {
+            return value_of(k.trim()) == Some(v.trim());
+        }
+        if let Some(k) = req.strip_prefix('!') {
+            return value_of(k.trim()).is_none();
+        }
+        value_of(req).is_some()
+    })
+}
+
+fn split_requirements(selector: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0;
+    let mut current = String::new();
+    for c in selector.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    out.push(current);
+    out
+}
+
+fn parse_set(set: &str) -> Vec<String> {
+    set.trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .collect()
+}
+
+/// `a.b=c` and `a.b!=c` over dotted paths.
+pub fn field_selector_matches(selector: &str, object: &Value) -> bool {
+    selector
+        .split(',')
+        .filter(|r| !r.trim().is_empty())
+        .all(|req| {
+            let (path, wanted, negate) = match req.split_once("!=") {
+                Some((p, v)) => (p, v, true),
+                None => match req.split_once("==").or_else(|| req.split_once('=')) {
+                    Some((p, v)) => (p, v, false),
+                    None => return false,
+                },
+            };
+            let actual = path.trim().split('.').fold(object, |v, part| &v[part]);
+            let actual = actual.as_str().unwrap_or_default();
+            (actual == wanted.trim()) != negate
+        })
+}
+
+fn watch_stream(
+    shared: &Arc<Shared>,
+    info: &ResourceInfo,
+    api_version: &str,
+    namespace: Option<String>,
+    query: &HashMap<String, String>,
+) -> Response {
+    let since: u64 = query
+        .get("resourceVersion")
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0);
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(290);
+    let (backlog, live) = {
+        let store = shared.store.lock().unwrap();
+        let backlog: Vec<Event> = store
+            .history
+            .iter()
+            .filter(|e| e.rv > since)
+            .cloned()
+            .collect();
+        (backlog, shared.events.subscribe())
+    };
+    let (group, resource) = (info.group.to_owned(), info.resource.to_owned());
+    let query = query.clone();
+    let api_version = api_version.to_owned();
+    let wanted = move |event: &Event| {
+        event.key.group == group
+            && event.key.resource == resource
+            && namespace
+                .as_ref()
+                .is_none_or(|ns| &event.key.namespace == ns)
+            && selects(&event.object, &query)
+    };
+    let last_backlog_rv = backlog.last().map_or(since, |e| e.rv);
+    let wanted_live = wanted.clone();
+    let backlog = futures::stream::iter(backlog.into_iter().filter(wanted));
+    let live = tokio_stream::wrappers::BroadcastStream::new(live)
+        .filter_map(|e| async move { e.ok() })
+        .filter(move |e| futures::future::ready(e.rv > last_backlog_rv && wanted_live(e)));
+    let lines = backlog
+        .chain(live)
+        .map(move |event| {
+            let line =
+                json!({"type": event.kind, "object": with_version(&event.object, &api_version)});
+            Ok::<_, std::convert::Infallible>(Bytes::from(format!("{line}\n")))
+        })
+        .take_until(tokio::time::sleep(Duration::from_secs(timeout)));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(lines))
+        .unwrap()
+}

@@ -1,0 +1,314 @@
+//! Shared test fixtures: the fake API server, a fake provider plugin, and a harness that runs
+//! the real driver binary on a real unix socket.
+
+#![allow(dead_code)]
+
+pub mod apiserver;
+pub mod provider;
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use secrets_store_csi_driver::proto::csi::v1 as csi;
+use serde_json::{Value, json};
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tower::service_fn;
+
+pub use apiserver::FakeApiServer;
+
+/// The driver binary under test.
+pub const DRIVER: &str = env!("CARGO_BIN_EXE_secrets-store-csi-driver");
+/// The node name the harness gives the driver.
+pub const NODE: &str = "node-a";
+
+/// Whether tests that mount tmpfs can run. Under `CI=true` missing root fails the test.
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but not root: tmpfs tests must run"
+    );
+    eprintln!("skipping: needs root to mount tmpfs");
+    false
+}
+
+/// A gRPC channel over a unix socket, with authority `localhost`.
+pub fn uds_channel(socket: &Path) -> Channel {
+    let socket = socket.to_owned();
+    Endpoint::from_static("http://localhost").connect_with_connector_lazy(service_fn(
+        move |_: Uri| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        },
+    ))
+}
+
+/// The real driver running `node` against a fake API server.
+pub struct Driver {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub provider_dir: PathBuf,
+    pub local_root: PathBuf,
+    pub metrics_port: u16,
+    logs: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Driver {
+    /// Starts the driver and waits for its socket.
+    pub async fn start(api: &FakeApiServer, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("csi/csi.sock");
+        let provider_dir = dir.path().join("providers");
+        let local_root = dir.path().join("local");
+        std::fs::create_dir_all(&provider_dir).unwrap();
+        std::fs::create_dir_all(&local_root).unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(DRIVER)
+            .arg(format!("--endpoint=unix://{}", socket.display()))
+            .arg(format!("--nodeid={NODE}"))
+            .arg(format!("--provider-volume={}", provider_dir.display()))
+            .arg("--additional-provider-volume-paths=")
+            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--local-provider-root={}", local_root.display()))
+            .arg("-v=5")
+            .args(extra_args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let started = Instant::now();
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "driver exited with {status}: {}",
+                    String::from_utf8_lossy(&logs.lock().unwrap())
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "driver socket never appeared"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            child,
+            dir,
+            socket,
+            provider_dir,
+            local_root,
+            metrics_port,
+            logs,
+        }
+    }
+
+    pub fn node(&self) -> csi::node_client::NodeClient<Channel> {
+        csi::node_client::NodeClient::new(uds_channel(&self.socket))
+    }
+
+    pub fn identity(&self) -> csi::identity_client::IdentityClient<Channel> {
+        csi::identity_client::IdentityClient::new(uds_channel(&self.socket))
+    }
+
+    pub fn controller(&self) -> csi::controller_client::ControllerClient<Channel> {
+        csi::controller_client::ControllerClient::new(uds_channel(&self.socket))
+    }
+
+    /// Everything the driver logged so far.
+    pub fn logs(&self) -> String {
+        String::from_utf8_lossy(&self.logs.lock().unwrap()).into_owned()
+    }
+
+    /// Asserts that no log line contains any of `values`.
+    pub fn assert_logs_free_of(&self, values: &[&str]) {
+        let logs = self.logs();
+        for value in values {
+            assert!(
+                !logs.contains(value),
+                "the driver logged a secret value {value:?}:\n{logs}"
+            );
+        }
+    }
+
+    /// A pod target path under this driver's temp dir, as kubelet would pass it.
+    pub fn target(&self, pod_uid: &str, volume: &str) -> PathBuf {
+        self.dir.path().join(format!(
+            "kubelet/pods/{pod_uid}/volumes/kubernetes.io~csi/{volume}/mount"
+        ))
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().unwrap()
+    }
+
+    /// The process's resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Never leave a tmpfs behind, whatever the test did.
+        for point in mounts_under(self.dir.path()) {
+            let _ = nix::mount::umount2(Path::new(&point), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Mount points at or below `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    secrets_store_csi_driver::volume::mount::mount_points(&table)
+        .filter(|p| Path::new(p).starts_with(&dir))
+        .collect()
+}
+
+/// The mountinfo line of `target`, if mounted.
+pub fn mount_line(target: &Path) -> Option<String> {
+    let target = target.canonicalize().ok()?;
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    table
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(target.to_str().unwrap()))
+        .map(str::to_owned)
+}
+
+/// A pod as kubelet describes it in volume attributes.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub service_account: String,
+}
+
+impl Pod {
+    pub fn new(name: &str, namespace: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            uid: format!("uid-{name}-{namespace}"),
+            service_account: "default".to_owned(),
+        }
+    }
+
+    /// A NodePublishVolume request as kubelet sends it for an inline volume of class `spc`.
+    pub fn publish(&self, target: &Path, spc: &str) -> csi::NodePublishVolumeRequest {
+        let context = [
+            ("secretProviderClass", spc),
+            ("csi.storage.k8s.io/pod.name", &self.name),
+            ("csi.storage.k8s.io/pod.namespace", &self.namespace),
+            ("csi.storage.k8s.io/pod.uid", &self.uid),
+            (
+                "csi.storage.k8s.io/serviceAccount.name",
+                &self.service_account,
+            ),
+            ("csi.storage.k8s.io/ephemeral", "true"),
+        ];
+        csi::NodePublishVolumeRequest {
+            volume_id: format!("csi-{}", self.uid),
+            target_path: target.display().to_string(),
+            volume_capability: Some(csi::VolumeCapability {
+                access_type: Some(csi::volume_capability::AccessType::Mount(Default::default())),
+                access_mode: Some(csi::volume_capability::AccessMode { mode: 1 }),
+            }),
+            readonly: true,
+            volume_context: context
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// An unpublish request for `target`.
+pub fn unpublish(target: &Path) -> csi::NodeUnpublishVolumeRequest {
+    csi::NodeUnpublishVolumeRequest {
+        volume_id: "vol".into(),
+        target_path: target.display().to_string(),
+    }
+}
+
+/// A SecretProviderClass object.
+pub fn spc(namespace: &str, name: &str, provider: &str, parameters: Value) -> Value {
+    json!({
+        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+        "kind": "SecretProviderClass",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"provider": provider, "parameters": parameters},
+    })
+}
+
+/// Visible files below a mounted target (following the `..data` links), path to contents.
+pub fn read_tree(target: &Path) -> Vec<(String, Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut out = Vec::new();
+    let mut stack = vec![(target.to_owned(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if prefix.is_empty() && name.starts_with("..") {
+                continue;
+            }
+            let path = entry.path();
+            let relative = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let meta = std::fs::metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push((path, relative));
+            } else {
+                out.push((
+                    relative,
+                    std::fs::read(&path).unwrap(),
+                    meta.permissions().mode() & 0o777,
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
