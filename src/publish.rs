@@ -568,11 +568,11 @@ fn prepare(ctx: &Context, target: &Path) -> Result<Prepared, PublishError> {
 impl Prepared {
     /// Leaves the target as it was found: no mount, no directory this call created.
     fn undo(&self, ctx: &Context, target: &Path) {
-        if self.mounted {
-            if let Err(err) = volume::mount::unmount(target) {
-                tracing::error!(error = %err, target = %target.display(), "failed to unmount after a failed publish");
-                return;
-            }
+        if self.mounted
+            && let Err(err) = volume::mount::unmount(target)
+        {
+            tracing::error!(error = %err, target = %target.display(), "failed to unmount after a failed publish");
+            return;
         }
         if self.created_dir {
             let removed = match ctx.mount_mode {

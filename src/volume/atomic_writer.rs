@@ -79,12 +79,12 @@ impl AtomicWriter {
         let current = self.current_data_dir()?;
         self.remove_leftovers(current.as_deref())?;
         let names = payload.top_level_names();
-        if let Some(current) = &current {
-            if self.matches(&self.target.join(current), payload)? {
-                // A crash after the swap may have left links to removed objects.
-                self.remove_stale_links(&names)?;
-                return Ok(WriteOutcome::Unchanged);
-            }
+        if let Some(current) = &current
+            && self.matches(&self.target.join(current), payload)?
+        {
+            // A crash after the swap may have left links to removed objects.
+            self.remove_stale_links(&names)?;
+            return Ok(WriteOutcome::Unchanged);
         }
         self.remove_legacy_entries(&names)?;
 
