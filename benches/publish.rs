@@ -27,11 +27,17 @@ fn ms(d: Duration) -> String {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     if !nix::unistd::geteuid().is_root() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but not root");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but not root"
+        );
         println!("publish bench skipped: needs root to mount tmpfs");
         return;
     }
-    let iterations: usize = std::env::var("BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let iterations: usize = std::env::var("BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let api = FakeApiServer::start().await;
     let driver = Driver::start(&api, &["-v=0"]).await;
     let mut source = String::new();
@@ -40,11 +46,18 @@ async fn main() {
     }
     std::fs::write(driver.local_root.join("bench.yaml"), source).unwrap();
     for n in [1, 10, 50] {
-        let objects: String = (0..n).map(|i| format!("- objectName: object-{i:02}\n")).collect();
+        let objects: String = (0..n)
+            .map(|i| format!("- objectName: object-{i:02}\n"))
+            .collect();
         api.insert(
             "secrets-store.csi.x-k8s.io",
             "secretproviderclasses",
-            spc("bench", &format!("bench-{n}"), "local", json!({"source": "bench.yaml", "objects": objects})),
+            spc(
+                "bench",
+                &format!("bench-{n}"),
+                "local",
+                json!({"source": "bench.yaml", "objects": objects}),
+            ),
         );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -59,35 +72,58 @@ async fn main() {
             let pod = Pod::new(&format!("p{n}-{i}"), "bench");
             let target = driver.target(&pod.uid, "v");
             let started = Instant::now();
-            node.node_publish_volume(pod.publish(&target, &format!("bench-{n}"))).await.unwrap();
+            node.node_publish_volume(pod.publish(&target, &format!("bench-{n}")))
+                .await
+                .unwrap();
             publish.push(started.elapsed());
             let started = Instant::now();
-            node.node_unpublish_volume(unpublish(&target)).await.unwrap();
+            node.node_unpublish_volume(unpublish(&target))
+                .await
+                .unwrap();
             remove.push(started.elapsed());
         }
         publish.sort();
         remove.sort();
-        rows.push((n, percentile(&publish, 0.5), percentile(&publish, 0.99), percentile(&remove, 0.5)));
+        rows.push((
+            n,
+            percentile(&publish, 0.5),
+            percentile(&publish, 0.99),
+            percentile(&remove, 0.5),
+        ));
     }
 
-    let pods: Vec<Pod> = (0..VOLUMES_FOR_RSS).map(|i| Pod::new(&format!("rss-{i}"), "bench")).collect();
+    let pods: Vec<Pod> = (0..VOLUMES_FOR_RSS)
+        .map(|i| Pod::new(&format!("rss-{i}"), "bench"))
+        .collect();
     for pod in &pods {
-        node.node_publish_volume(pod.publish(&driver.target(&pod.uid, "v"), "bench-10")).await.unwrap();
+        node.node_publish_volume(pod.publish(&driver.target(&pod.uid, "v"), "bench-10"))
+            .await
+            .unwrap();
     }
     let loaded_rss = driver.rss_kib();
     for pod in &pods {
-        node.node_unpublish_volume(unpublish(&driver.target(&pod.uid, "v"))).await.unwrap();
+        node.node_unpublish_volume(unpublish(&driver.target(&pod.uid, "v")))
+            .await
+            .unwrap();
     }
 
     println!("\npublish through the CSI socket, local provider ({iterations} volumes per row)");
     println!("| objects | publish p50 | publish p99 | unpublish p50 |");
     println!("|--------:|------------:|------------:|--------------:|");
     for (n, p50, p99, unpublish_p50) in rows {
-        println!("| {n:>7} | {:>11} | {:>11} | {:>13} |", ms(p50), ms(p99), ms(unpublish_p50));
+        println!(
+            "| {n:>7} | {:>11} | {:>11} | {:>13} |",
+            ms(p50),
+            ms(p99),
+            ms(unpublish_p50)
+        );
     }
     println!("\nnode process memory (VmRSS)");
     println!("| state | RSS |");
     println!("|-------|----:|");
     println!("| idle | {:.1} MiB |", idle_rss as f64 / 1024.0);
-    println!("| {VOLUMES_FOR_RSS} volumes mounted (10 objects each) | {:.1} MiB |", loaded_rss as f64 / 1024.0);
+    println!(
+        "| {VOLUMES_FOR_RSS} volumes mounted (10 objects each) | {:.1} MiB |",
+        loaded_rss as f64 / 1024.0
+    );
 }

@@ -8,7 +8,11 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// Kubernetes Secrets Store CSI driver: mounts secrets from external stores into pods.
 #[derive(Debug, Parser)]
-#[command(name = "secrets-store-csi-driver", disable_version_flag = true, args_override_self = true)]
+#[command(
+    name = "secrets-store-csi-driver",
+    disable_version_flag = true,
+    args_override_self = true
+)]
 pub struct Cli {
     /// Print the version as JSON (BuildVersion, GitCommit, BuildDate) and exit.
     #[arg(long, global = true)]
