@@ -82,10 +82,17 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         ),
     };
 
+    if args.enable_pprof {
+        tracing::warn!(
+            port = args.pprof_port,
+            "--enable-pprof is accepted for compatibility; no profiling endpoint is served"
+        );
+    }
+    let providers = Arc::new(providers);
     let metrics = Arc::new(Metrics::new());
     let ctx = Arc::new(Context::new(
         Arc::new(KubeClasses::new(client.clone())),
-        Arc::new(providers),
+        providers.clone(),
         Some(PodStatusWriter::new(client, &args.nodeid)),
         MountMode::Tmpfs(TmpfsOptions {
             size_bytes: args.providers.tmpfs_size,
@@ -102,6 +109,13 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("failed to listen on --metrics-addr {metrics_addr}"))?;
     let metrics_task = tokio::spawn(metrics::serve(listener, metrics, shutdown.clone()));
+    if args.provider_health_check {
+        tokio::spawn(health_check(
+            providers,
+            args.provider_health_check_interval,
+            shutdown.clone(),
+        ));
+    }
 
     let socket = csi::socket_path(&args.endpoint)?;
     let listener = csi::bind(&socket)?;
@@ -128,6 +142,41 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .context("metrics server failed")?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Asks every connected plugin for its version each interval; logs only, as upstream.
+async fn health_check(
+    providers: Arc<Registry>,
+    interval: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        for client in providers.external_clients() {
+            match tokio::time::timeout(Duration::from_secs(5), client.version()).await {
+                Ok(Ok((runtime, version))) => {
+                    tracing::debug!(
+                        provider = client.name(),
+                        runtime,
+                        version,
+                        "provider health check passed"
+                    );
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(provider = client.name(), error = %err, "provider health check failed")
+                }
+                Err(_) => tracing::warn!(
+                    provider = client.name(),
+                    "provider health check timed out after 5s"
+                ),
+            }
+        }
+    }
 }
 
 async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {

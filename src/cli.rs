@@ -124,6 +124,20 @@ pub struct NodeArgs {
     /// Enable the built-in `local` provider, jailed to this directory.
     #[arg(long, env = "LOCAL_PROVIDER_ROOT")]
     pub local_provider_root: Option<PathBuf>,
+    /// Periodically ask every connected provider plugin for its version and log the outcome.
+    #[arg(long, env = "PROVIDER_HEALTH_CHECK", action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true")]
+    pub provider_health_check: bool,
+    /// Interval of the provider health check.
+    #[arg(long, env = "PROVIDER_HEALTH_CHECK_INTERVAL", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub provider_health_check_interval: Duration,
+    /// Accepted so that upstream manifests start unchanged; no profiling endpoint is served.
+    #[arg(long, hide = true, action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true")]
+    pub enable_pprof: bool,
+    /// Accepted with `--enable-pprof`; unused.
+    #[arg(long, hide = true, default_value_t = 6065)]
+    pub pprof_port: u16,
     /// Kubeconfig file; in-cluster configuration is used without it.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -257,6 +271,9 @@ mod tests {
             "--enable-secret-rotation=true",
             "--rotation-poll-interval=30s",
             "--metrics-addr=:8095",
+            "--provider-health-check=false",
+            "--provider-health-check-interval=2m",
+            "--max-call-recv-msg-size=4194304",
             "-v=5",
         ]);
         let Some(Command::Node(node)) = cli.command else {

@@ -51,6 +51,11 @@ impl ExternalProvider {
         }
     }
 
+    /// The provider name this client was created for.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     fn client(&self) -> CsiDriverProviderClient<Channel> {
         CsiDriverProviderClient::new(self.channel.clone())
             .max_decoding_message_size(self.max_recv_msg_size)

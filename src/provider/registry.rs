@@ -89,6 +89,15 @@ impl Registry {
         Ok(client.clone())
     }
 
+    /// The plugin clients created so far, for the health check.
+    pub fn external_clients(&self) -> Vec<Arc<ExternalProvider>> {
+        let clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        clients.values().cloned().collect()
+    }
+
     fn find_socket(&self, name: &str) -> Option<PathBuf> {
         self.config
             .socket_dirs
