@@ -42,6 +42,33 @@ async fn local_setup() -> (FakeApiServer, Driver) {
     (api, driver)
 }
 
+/// A provider answering one file `a` holding `SECRET_A`, after `delay`.
+fn one_file(delay: Duration) -> Behaviour {
+    Behaviour {
+        files: vec![("a".into(), 0o644, SECRET_A.into())],
+        versions: vec![("a".into(), "1".into())],
+        delay,
+        ..Default::default()
+    }
+}
+
+/// A driver with a fake provider `provider` and a class `class` in namespace `ns` using it.
+async fn provider_setup(
+    provider: &str,
+    class: &str,
+    behaviour: Behaviour,
+) -> (FakeApiServer, Driver, FakeProvider) {
+    let api = FakeApiServer::start().await;
+    let driver = Driver::start(&api, &[]).await;
+    let fake = FakeProvider::start(&driver.provider_dir, provider, behaviour).await;
+    api.insert(
+        GROUP,
+        "secretproviderclasses",
+        spc("ns", class, provider, json!({"k": "v"})),
+    );
+    (api, driver, fake)
+}
+
 fn assert_clean(driver: &Driver, target: &Path) {
     assert!(
         mounts_under(driver.dir.path()).is_empty(),
@@ -313,6 +340,10 @@ async fn external_providers_get_upstream_attributes_and_their_files_are_written_
     assert_eq!(calls.len(), 1);
     let call = &calls[0];
     assert_eq!(call.authority, "localhost");
+    assert!(
+        call.target_mounted,
+        "the tmpfs is mounted before the provider is called"
+    );
     assert_eq!(call.permission, "420");
     assert_eq!(call.target_path, target.display().to_string());
     let attributes = &call.attributes;
@@ -529,20 +560,8 @@ async fn a_provider_slower_than_the_deadline_fails_the_call_and_the_mount_is_und
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
-    let driver = Driver::start(&api, &[]).await;
-    let slow = Behaviour {
-        files: vec![("a".into(), 0o644, SECRET_A.into())],
-        versions: vec![("a".into(), "1".into())],
-        delay: Duration::from_secs(3),
-        ..Default::default()
-    };
-    let _provider = FakeProvider::start(&driver.provider_dir, "slow", slow).await;
-    api.insert(
-        GROUP,
-        "secretproviderclasses",
-        spc("ns", "slow", "slow", json!({"k": "v"})),
-    );
+    let (_api, driver, _provider) =
+        provider_setup("slow", "slow", one_file(Duration::from_secs(3))).await;
     let pod = Pod::new("p", "ns");
     let target = driver.target(&pod.uid, "v");
     let mut request = tonic::Request::new(pod.publish(&target, "slow"));
@@ -571,20 +590,8 @@ async fn concurrent_calls_on_one_target_are_aborted_and_many_targets_publish_in_
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
-    let driver = Driver::start(&api, &[]).await;
-    let behaviour = Behaviour {
-        files: vec![("a".into(), 0o644, SECRET_A.into())],
-        versions: vec![("a".into(), "1".into())],
-        delay: Duration::from_millis(700),
-        ..Default::default()
-    };
-    let provider = FakeProvider::start(&driver.provider_dir, "fake", behaviour).await;
-    api.insert(
-        GROUP,
-        "secretproviderclasses",
-        spc("ns", "c", "fake", json!({"k": "v"})),
-    );
+    let (_api, driver, provider) =
+        provider_setup("fake", "c", one_file(Duration::from_millis(700))).await;
     let pod = Pod::new("p", "ns");
     let target = driver.target(&pod.uid, "v");
     let mut first_client = driver.node();
@@ -730,20 +737,8 @@ async fn sigterm_lets_an_in_flight_publish_finish_and_removes_the_socket() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
-    let mut driver = Driver::start(&api, &[]).await;
-    let behaviour = Behaviour {
-        files: vec![("a".into(), 0o644, SECRET_A.into())],
-        versions: vec![("a".into(), "1".into())],
-        delay: Duration::from_millis(800),
-        ..Default::default()
-    };
-    let _provider = FakeProvider::start(&driver.provider_dir, "fake", behaviour).await;
-    api.insert(
-        GROUP,
-        "secretproviderclasses",
-        spc("ns", "c", "fake", json!({"k": "v"})),
-    );
+    let (_api, mut driver, _provider) =
+        provider_setup("fake", "c", one_file(Duration::from_millis(800))).await;
     let pod = Pod::new("p", "ns");
     let target = driver.target(&pod.uid, "v");
     let mut node = driver.node();

@@ -22,6 +22,8 @@ pub struct ReceivedMount {
     pub permission: String,
     pub current_versions: Vec<(String, String)>,
     pub authority: String,
+    /// Whether the target was already a mount point when the provider was called.
+    pub target_mounted: bool,
 }
 
 /// What the fake answers.
@@ -91,6 +93,7 @@ impl CsiDriverProvider for Service {
                     .map(|v| (v.id.clone(), v.version.clone()))
                     .collect(),
                 authority,
+                target_mounted: super::mount_line(Path::new(&request.target_path)).is_some(),
             });
             state.behaviour.clone()
         };
