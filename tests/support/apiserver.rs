@@ -460,14 +460,7 @@ async fn handle(
                 Some(mut object) => {
                     store.rv += 1;
                     object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
-                    let event = Event {
-                        key: k,
-                        kind: "DELETED",
-                        object: object.clone(),
-                        rv: store.rv,
-                    };
-                    store.history.push(event.clone());
-                    let _ = shared.events.send(event);
+                    store.emit(&shared.events, k, "DELETED", &object);
                     json_response(StatusCode::OK, &with_version(&object, &api_version))
                 }
                 None => not_found(&info, &name),
@@ -484,6 +477,24 @@ async fn handle(
 }
 
 impl Store {
+    /// Records a change at the current resourceVersion for watches, past and live.
+    fn emit(
+        &mut self,
+        events: &broadcast::Sender<Event>,
+        key: Key,
+        kind: &'static str,
+        object: &Value,
+    ) {
+        let event = Event {
+            key,
+            kind,
+            object: object.clone(),
+            rv: self.rv,
+        };
+        self.history.push(event.clone());
+        let _ = events.send(event);
+    }
+
     fn create(
         &mut self,
         events: &broadcast::Sender<Event>,
@@ -539,14 +550,7 @@ impl Store {
         meta["generation"] = json!(1);
         object["metadata"] = meta;
         self.objects.insert(k.clone(), object.clone());
-        let event = Event {
-            key: k,
-            kind: "ADDED",
-            object: object.clone(),
-            rv: self.rv,
-        };
-        self.history.push(event.clone());
-        let _ = events.send(event);
+        self.emit(events, k, "ADDED", &object);
         (StatusCode::CREATED, object)
     }
 
@@ -565,14 +569,7 @@ impl Store {
         object["metadata"]["generation"] = json!(generation);
         object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         self.objects.insert(k.clone(), object.clone());
-        let event = Event {
-            key: k,
-            kind: "MODIFIED",
-            object: object.clone(),
-            rv: self.rv,
-        };
-        self.history.push(event.clone());
-        let _ = events.send(event);
+        self.emit(events, k, "MODIFIED", &object);
         object
     }
 }
