@@ -8,13 +8,17 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use crate::class::{KubeClasses, StaticClasses};
-use crate::cli::{Cli, Command, MountArgs, NodeArgs, ProviderArgs, UnmountArgs};
+use crate::cli::{
+    Cli, Command, MountArgs, NodeArgs, ProviderArgs, ProviderServeArgs, UnmountArgs, VaultArgs,
+};
 use crate::crd::SecretProviderClass;
 use crate::csi::{self, DriverInfo, request as attr};
 use crate::metrics::{self, Metrics};
 use crate::pod_status::PodStatusWriter;
 use crate::provider::local::LocalProvider;
-use crate::provider::{ObjectVersion, Registry, RegistryConfig};
+use crate::provider::vault::{self, VaultProvider, auth::Credentials, config::TlsConfig};
+use crate::provider::version_key::VersionKey;
+use crate::provider::{ObjectVersion, Provider, Registry, RegistryConfig, serve};
 use crate::publish::{self, Context, Mode, PodInfo, PublishRequest, Published};
 use crate::shutdown;
 use crate::volume::{MountMode, TmpfsOptions, mount};
@@ -28,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Node(args)) => run_node(args).await,
         Some(Command::Mount(args)) => run_mount(args).await,
         Some(Command::Unmount(args)) => run_unmount(&args),
+        Some(Command::Provider(args)) => run_provider(args).await,
         None => bail!("no command given: run `secrets-store-csi-driver --help`"),
     }
 }
@@ -40,6 +45,52 @@ pub fn version_json() -> String {
         "BuildDate": option_env!("BUILD_DATE").unwrap_or("unknown"),
     })
     .to_string()
+}
+
+/// The object version key at `path`, or a per-process key (with a warning) if it cannot be
+/// used: delivering secrets matters more than stable versions.
+fn version_key(path: Option<&Path>) -> VersionKey {
+    let Some(path) = path else {
+        return VersionKey::ephemeral();
+    };
+    match VersionKey::load_or_create(path) {
+        Ok(key) => key,
+        Err(err) => {
+            tracing::warn!(
+                path = %path.display(),
+                error = %err,
+                "cannot use the object version key file; versions will change on restart"
+            );
+            VersionKey::ephemeral()
+        }
+    }
+}
+
+fn vault_provider(
+    args: &VaultArgs,
+    credentials: Credentials,
+    version_key: VersionKey,
+) -> VaultProvider {
+    VaultProvider::new(vault::Settings {
+        defaults: vault::config::Defaults {
+            address: args.vault_address.clone(),
+            auth_mount: args.vault_mount.clone(),
+            namespace: args.vault_namespace.clone().filter(|n| !n.is_empty()),
+            tls: TlsConfig {
+                ca_cert: args.vault_tls_ca_cert.clone(),
+                ca_directory: args.vault_tls_ca_directory.clone(),
+                server_name: args.vault_tls_server_name.clone(),
+                skip_verify: args.vault_tls_skip_verify,
+                client_cert: args.vault_tls_client_cert.clone(),
+                client_key: args.vault_tls_client_key.clone(),
+            },
+        },
+        credentials,
+        read_cache_ttl: args.vault_read_cache_ttl,
+        concurrency: args.vault_concurrency,
+        cache_size: args.vault_cache_size,
+        version_key,
+    })
 }
 
 fn registry(args: &ProviderArgs) -> Registry {
@@ -66,15 +117,43 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let socket = csi::socket_path(&args.endpoint)?;
+    let key_file = args
+        .version_key
+        .version_key_file
+        .clone()
+        .unwrap_or_else(|| {
+            socket
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("version.key")
+        });
+    let key = version_key(Some(&key_file));
 
     let mut providers = registry(&args.providers);
+    for name in args.builtin_providers.iter().map(|n| n.trim()) {
+        match name {
+            "" => {}
+            vault::NAME => {
+                let vault = vault_provider(&args.vault, Credentials::PodToken, key.clone());
+                providers = providers.with_builtin(vault::NAME, Arc::new(vault));
+                tracing::info!(default_address = %args.vault.vault_address, "built-in vault provider enabled");
+            }
+            "local" => {
+                bail!("--builtin-providers: enable `local` with --local-provider-root DIR instead")
+            }
+            other => bail!(
+                "--builtin-providers: {other:?} is not a built-in provider; the built-ins are: vault"
+            ),
+        }
+    }
     providers = match &args.local_provider_root {
         Some(root) => {
             let root = root
                 .canonicalize()
                 .with_context(|| format!("--local-provider-root {}", root.display()))?;
             tracing::info!(root = %root.display(), "built-in local provider enabled");
-            providers.with_builtin("local", Arc::new(LocalProvider::jailed(root)))
+            providers.with_builtin("local", Arc::new(LocalProvider::jailed(root, key)))
         }
         None => providers.with_disabled(
             "local",
@@ -117,7 +196,6 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         ));
     }
 
-    let socket = csi::socket_path(&args.endpoint)?;
     let listener = csi::bind(&socket)?;
     let info = DriverInfo {
         name: args.drivername.clone(),
@@ -217,8 +295,17 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         .map(Path::to_owned)
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| PathBuf::from("."));
-    let providers =
-        registry(&args.providers).with_builtin("local", Arc::new(LocalProvider::unjailed(base)));
+    let key = version_key(args.version_key.version_key_file.as_deref());
+    let credentials = mount_credentials(&args)?;
+    let providers = registry(&args.providers)
+        .with_builtin(
+            "local",
+            Arc::new(LocalProvider::unjailed(base, key.clone())),
+        )
+        .with_builtin(
+            vault::NAME,
+            Arc::new(vault_provider(&args.vault, credentials, key)),
+        );
     let tmpfs = mount::can_mount() && !args.plain_dir;
     let mode = if tmpfs {
         MountMode::Tmpfs(TmpfsOptions {
@@ -276,6 +363,52 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
             ),
         }
     }
+}
+
+/// Vault credentials for `mount`: a token file, `VAULT_TOKEN`, or a JWT file, in that order.
+fn mount_credentials(args: &MountArgs) -> anyhow::Result<Credentials> {
+    if let Some(path) = &args.vault_token_file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --vault-token-file {}", path.display()))?;
+        return Ok(Credentials::Token(crate::redact::Secret::new(
+            token.trim().to_owned(),
+        )));
+    }
+    if let Some(token) = std::env::var("VAULT_TOKEN").ok().filter(|t| !t.is_empty()) {
+        return Ok(Credentials::Token(crate::redact::Secret::new(token)));
+    }
+    Ok(match &args.vault_jwt_file {
+        Some(path) => Credentials::JwtFile(path.clone()),
+        None => Credentials::Missing,
+    })
+}
+
+/// `provider NAME --endpoint`: serves a built-in provider on a plugin socket until signalled.
+async fn run_provider(args: ProviderServeArgs) -> anyhow::Result<()> {
+    let socket = csi::socket_path(&args.endpoint)?;
+    let key_file = args
+        .version_key
+        .version_key_file
+        .clone()
+        .unwrap_or_else(|| {
+            socket
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join(format!("{}.version.key", args.name))
+        });
+    let key = version_key(Some(&key_file));
+    let provider: Arc<dyn Provider> = match args.name.as_str() {
+        vault::NAME => Arc::new(vault_provider(&args.vault, Credentials::PodToken, key)),
+        other => bail!("{other:?} is not a built-in provider that can be served; use: vault"),
+    };
+    let shutdown = shutdown::on_signal().context("installing signal handlers")?;
+    let listener = csi::bind(&socket)?;
+    tracing::info!(provider = %args.name, endpoint = %socket.display(), "serving built-in provider");
+    serve::serve(listener, socket, &args.name, VERSION, provider, shutdown)
+        .await
+        .context("provider server failed")?;
+    tracing::info!("shut down cleanly");
+    Ok(())
 }
 
 fn csi_message(err: &publish::PublishError) -> String {

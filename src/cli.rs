@@ -34,6 +34,77 @@ pub enum Command {
     Mount(MountArgs),
     /// Remove what `mount` created: unmount the tmpfs and delete the directory.
     Unmount(UnmountArgs),
+    /// Serve a built-in provider on a plugin socket, for the upstream driver or another node.
+    Provider(ProviderServeArgs),
+}
+
+/// Settings of the built-in `vault` provider; SecretProviderClass parameters override them.
+/// Each reads the environment variable HashiCorp's tools use.
+#[derive(Debug, Clone, Args)]
+pub struct VaultArgs {
+    /// Vault address when a class sets no `vaultAddress`.
+    #[arg(long, env = "VAULT_ADDR", default_value = "https://127.0.0.1:8200")]
+    pub vault_address: String,
+    /// Auth mount (Kubernetes or JWT auth) when a class sets no `vaultAuthMountPath`.
+    #[arg(long, env = "VAULT_AUTH_MOUNT", default_value = "kubernetes")]
+    pub vault_mount: String,
+    /// Vault Enterprise / OpenBao namespace when a class sets no `vaultNamespace`.
+    #[arg(long, env = "VAULT_NAMESPACE")]
+    pub vault_namespace: Option<String>,
+    /// PEM CA bundle to trust for Vault (a path on the node).
+    #[arg(long, env = "VAULT_CACERT")]
+    pub vault_tls_ca_cert: Option<PathBuf>,
+    /// Directory of PEM CAs to trust for Vault.
+    #[arg(long, env = "VAULT_CAPATH")]
+    pub vault_tls_ca_directory: Option<PathBuf>,
+    /// Name to verify Vault's certificate against.
+    #[arg(long, env = "VAULT_TLS_SERVER_NAME")]
+    pub vault_tls_server_name: Option<String>,
+    /// Client certificate for mutual TLS.
+    #[arg(long, env = "VAULT_CLIENT_CERT")]
+    pub vault_tls_client_cert: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    #[arg(long, env = "VAULT_CLIENT_KEY")]
+    pub vault_tls_client_key: Option<PathBuf>,
+    /// Accept any certificate from Vault (testing only).
+    #[arg(long, env = "VAULT_SKIP_VERIFY", action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true")]
+    pub vault_tls_skip_verify: bool,
+    /// Workload identities whose Vault tokens (and shared reads) are kept.
+    #[arg(long, env = "VAULT_CACHE_SIZE", default_value_t = 1000)]
+    pub vault_cache_size: usize,
+    /// How long a static read (no lease) is shared between pods of one workload identity;
+    /// `0s` reads once per pod.
+    #[arg(long, env = "VAULT_READ_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub vault_read_cache_ttl: Duration,
+    /// Vault requests in flight per volume.
+    #[arg(long, env = "VAULT_CONCURRENCY", default_value_t = 8)]
+    pub vault_concurrency: usize,
+}
+
+/// Where built-in providers keep the key of their object versions.
+#[derive(Debug, Clone, Args)]
+pub struct VersionKeyArgs {
+    /// File holding the key of object versions (created 0600 if missing), so versions survive
+    /// restarts. Default for `node`: `version.key` next to the CSI socket.
+    #[arg(long, env = "VERSION_KEY_FILE")]
+    pub version_key_file: Option<PathBuf>,
+}
+
+/// `provider` flags.
+#[derive(Debug, Args)]
+pub struct ProviderServeArgs {
+    /// The built-in provider to serve (`vault`).
+    pub name: String,
+    /// Socket to listen on, `unix:///var/run/secrets-store-csi-providers/<name>.sock`.
+    #[arg(long, env = "PROVIDER_ENDPOINT")]
+    pub endpoint: String,
+    /// Vault settings.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Object version key.
+    #[command(flatten)]
+    pub version_key: VersionKeyArgs,
 }
 
 /// Log format and verbosity.
@@ -141,6 +212,21 @@ pub struct NodeArgs {
     /// Kubeconfig file; in-cluster configuration is used without it.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Built-in providers to serve in-process (comma-separated). A name left out is looked up
+    /// as a plugin socket instead, e.g. to keep running vault-csi-provider.
+    #[arg(
+        long,
+        env = "BUILTIN_PROVIDERS",
+        value_delimiter = ',',
+        default_value = "vault"
+    )]
+    pub builtin_providers: Vec<String>,
+    /// Vault settings.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Object version key.
+    #[command(flatten)]
+    pub version_key: VersionKeyArgs,
 }
 
 /// `mount` flags.
@@ -176,6 +262,18 @@ pub struct MountArgs {
     /// Provider sockets and limits.
     #[command(flatten)]
     pub providers: ProviderArgs,
+    /// Vault settings.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Vault token file; without it `VAULT_TOKEN`, then `--vault-jwt-file`, is used.
+    #[arg(long, env = "VAULT_TOKEN_FILE")]
+    pub vault_token_file: Option<PathBuf>,
+    /// JWT to log in with (JWT or Kubernetes auth, the class's `roleName`) instead of a token.
+    #[arg(long, env = "VAULT_JWT_FILE")]
+    pub vault_jwt_file: Option<PathBuf>,
+    /// Object version key; without it versions are only comparable within one run.
+    #[command(flatten)]
+    pub version_key: VersionKeyArgs,
 }
 
 /// `unmount` flags.

@@ -16,9 +16,9 @@ use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use ring::hmac;
 use serde::Deserialize;
 
+use super::version_key::VersionKey;
 use super::{MountRequest, MountResponse, ObjectVersion, Provider, ProviderError, ProviderFile};
 use crate::redact::{Secret, SecretBytes};
 
@@ -29,25 +29,25 @@ const NAME: &str = "local";
 pub struct LocalProvider {
     base: PathBuf,
     jail: bool,
-    version_key: hmac::Key,
+    version_key: VersionKey,
 }
 
 impl LocalProvider {
     /// For nodes: `source` is resolved under `root` and may not leave it, symlinks included.
-    pub fn jailed(root: PathBuf) -> Self {
+    pub fn jailed(root: PathBuf, version_key: VersionKey) -> Self {
         Self {
             base: root,
             jail: true,
-            version_key: random_key(),
+            version_key,
         }
     }
 
     /// For the `mount` command: relative sources are resolved against `base`, nothing is jailed.
-    pub fn unjailed(base: PathBuf) -> Self {
+    pub fn unjailed(base: PathBuf, version_key: VersionKey) -> Self {
         Self {
             base,
             jail: false,
-            version_key: random_key(),
+            version_key,
         }
     }
 
@@ -131,11 +131,7 @@ impl LocalProvider {
 
     /// A keyed hash: changes with the content, reveals nothing about it.
     fn version(&self, contents: &[u8]) -> String {
-        let tag = hmac::sign(&self.version_key, contents);
-        tag.as_ref()[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        self.version_key.version(NAME.as_bytes(), contents)
     }
 
     fn resolve(&self, source: &Path) -> Result<PathBuf, ProviderError> {
@@ -341,13 +337,6 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
     }
 }
 
-fn random_key() -> hmac::Key {
-    let rng = ring::rand::SystemRandom::new();
-    // Only fails if the OS has no randomness source, in which case nothing else works either.
-    hmac::Key::generate(hmac::HMAC_SHA256, &rng)
-        .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, b"local"))
-}
-
 fn invalid(message: &str) -> ProviderError {
     ProviderError::InvalidParameters {
         provider: NAME.to_owned(),
@@ -388,7 +377,7 @@ mod tests {
             "a: alpha\nb:\n  valueBase64: aGVsbG8=\nc: gamma\n",
         )
         .unwrap();
-        let provider = LocalProvider::unjailed(dir.path().to_owned());
+        let provider = LocalProvider::unjailed(dir.path().to_owned(), VersionKey::ephemeral());
         let objects = "- objectName: a\n- objectName: b\n  objectAlias: nested/b\n  filePermission: \"0600\"\n";
         let response = provider
             .load(
@@ -414,7 +403,7 @@ mod tests {
 
     #[test]
     fn versions_change_with_content_only() {
-        let provider = LocalProvider::unjailed(PathBuf::from("/"));
+        let provider = LocalProvider::unjailed(PathBuf::from("/"), VersionKey::ephemeral());
         assert_eq!(provider.version(b"x"), provider.version(b"x"));
         assert_ne!(provider.version(b"x"), provider.version(b"y"));
     }
@@ -426,7 +415,7 @@ mod tests {
         std::fs::write(outside.path().join("s.yaml"), "a: alpha\n").unwrap();
         std::os::unix::fs::symlink(outside.path().join("s.yaml"), root.path().join("link.yaml"))
             .unwrap();
-        let provider = LocalProvider::jailed(root.path().to_owned());
+        let provider = LocalProvider::jailed(root.path().to_owned(), VersionKey::ephemeral());
         for source in ["../s.yaml", "link.yaml"] {
             let err = provider
                 .load(&params(&[("source", source)]), 0o644)
@@ -447,7 +436,7 @@ mod tests {
     fn bad_parameters_name_the_object_and_field() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("s.yaml"), "a: alpha\n").unwrap();
-        let provider = LocalProvider::unjailed(dir.path().to_owned());
+        let provider = LocalProvider::unjailed(dir.path().to_owned(), VersionKey::ephemeral());
         let cases = [
             (
                 "- objectName: a\n  filePermission: \"999\"\n",

@@ -6,6 +6,10 @@
 pub mod external;
 pub mod local;
 mod registry;
+pub mod serve;
+pub mod shared_cache;
+pub mod vault;
+pub mod version_key;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -193,6 +197,30 @@ pub enum ProviderError {
         /// The provider name.
         provider: String,
     },
+    /// The backend did not accept the pod's identity (login refused, no token for the audience).
+    #[error("provider {provider:?}: {message}")]
+    Unauthenticated {
+        /// The provider name.
+        provider: String,
+        /// What was refused and what to check.
+        message: String,
+    },
+    /// The backend could not be reached or is failing (after retries).
+    #[error("provider {provider:?}: {message}")]
+    BackendUnavailable {
+        /// The provider name.
+        provider: String,
+        /// Where it was reached and what to check.
+        message: String,
+    },
+    /// The backend did not answer before the mount's deadline.
+    #[error("provider {provider:?}: {message}")]
+    BackendTimeout {
+        /// The provider name.
+        provider: String,
+        /// What was being waited for.
+        message: String,
+    },
     /// The backend failed in a way not covered above.
     #[error("provider {provider:?}: {message}")]
     Backend {
@@ -212,8 +240,9 @@ impl ProviderError {
             Self::NotFound { .. } | Self::ObjectNotFound { .. } => Code::NotFound,
             Self::Disabled { .. } => Code::FailedPrecondition,
             Self::PermissionDenied { .. } => Code::PermissionDenied,
-            Self::Unavailable { .. } => Code::Unavailable,
-            Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Self::Unavailable { .. } | Self::BackendUnavailable { .. } => Code::Unavailable,
+            Self::DeadlineExceeded { .. } | Self::BackendTimeout { .. } => Code::DeadlineExceeded,
+            Self::Unauthenticated { .. } => Code::Unauthenticated,
             Self::ResponseTooLarge { .. } => Code::ResourceExhausted,
             Self::Rpc { code, .. } => *code,
             Self::ErrorCode { .. } | Self::Backend { .. } => Code::Unknown,

@@ -59,6 +59,92 @@ struct Store {
 struct Shared {
     store: Mutex<Store>,
     events: broadcast::Sender<Event>,
+    signer: Signer,
+}
+
+/// The service-account token issuer: ES256 JWTs shaped like kube-apiserver's projected tokens.
+struct Signer {
+    key: ring::signature::EcdsaKeyPair,
+}
+
+/// The issuer claim of every token, as a cluster's `--service-account-issuer`.
+pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unb64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+impl Signer {
+    fn new() -> Self {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        Self { key }
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let header = b64(br#"{"alg":"ES256","kid":"fake"}"#);
+        let payload = b64(claims.to_string().as_bytes());
+        let input = format!("{header}.{payload}");
+        let rng = ring::rand::SystemRandom::new();
+        let signature = self.key.sign(&rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", b64(signature.as_ref()))
+    }
+
+    /// The claims of a token this signer issued and that has not expired.
+    fn verify(&self, token: &str) -> Option<Value> {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED, KeyPair as _, UnparsedPublicKey};
+        let (input, signature) = token.rsplit_once('.')?;
+        let public =
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.key.public_key().as_ref());
+        public.verify(input.as_bytes(), &unb64(signature)?).ok()?;
+        let (_, payload) = input.split_once('.')?;
+        let claims: Value = serde_json::from_slice(&unb64(payload)?).ok()?;
+        (claims["exp"].as_u64()? > now_secs()).then_some(claims)
+    }
+
+    /// The public key as a PEM SubjectPublicKeyInfo, for JWT auth configuration.
+    fn public_key_pem(&self) -> String {
+        use base64::Engine as _;
+        use ring::signature::KeyPair as _;
+        // DER prefix of an id-ecPublicKey / prime256v1 SubjectPublicKeyInfo.
+        let mut der = hex_bytes("3059301306072a8648ce3d020106082a8648ce3d030107034200");
+        der.extend_from_slice(self.key.public_key().as_ref());
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            lines.join("\n")
+        )
+    }
+}
+
+fn hex_bytes(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// A running fake API server on a loopback port.
@@ -127,6 +213,7 @@ impl FakeApiServer {
                 requests: Vec::new(),
             }),
             events,
+            signer: Signer::new(),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -193,6 +280,41 @@ impl FakeApiServer {
             .filter(|(k, _)| k.group == group && k.resource == resource)
             .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    /// A projected service-account token as kubelet gets it from the TokenRequest API, bound
+    /// to the pod. The service account must exist.
+    pub fn issue_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audience: &str,
+        pod: (&str, &str),
+    ) -> String {
+        let sa = self
+            .get("", "serviceaccounts", namespace, service_account)
+            .unwrap_or_else(|| {
+                panic!("service account {namespace}/{service_account} does not exist")
+            });
+        let now = now_secs();
+        self.shared.signer.sign(&json!({
+            "aud": [audience],
+            "exp": now + 3600,
+            "iat": now,
+            "nbf": now,
+            "iss": ISSUER,
+            "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
+            "kubernetes.io": {
+                "namespace": namespace,
+                "serviceaccount": {"name": service_account, "uid": sa["metadata"]["uid"]},
+                "pod": {"name": pod.0, "uid": pod.1},
+            },
+        }))
+    }
+
+    /// The public key that verifies issued tokens (PEM), as an OIDC/JWT auth method needs.
+    pub fn token_public_key_pem(&self) -> String {
+        self.shared.signer.public_key_pem()
     }
 
     /// `(method, path)` of every request served so far.
@@ -268,6 +390,98 @@ fn status(code: StatusCode, reason: &str, message: String, kind: &str, name: &st
         .into_response()
 }
 
+/// TokenReview as kube-apiserver answers it: the signature, expiry, audiences, and that the
+/// service account (and bound pod) still exist.
+fn token_review(shared: &Shared, body: &[u8]) -> Response {
+    let Ok(review) = serde_json::from_slice::<Value>(body) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "invalid TokenReview".into(),
+            "TokenReview",
+            "",
+        );
+    };
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let wanted: Vec<String> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![ISSUER.to_owned()]);
+    let wanted = if wanted.is_empty() {
+        vec![ISSUER.to_owned()]
+    } else {
+        wanted
+    };
+    let result = (|| {
+        let claims = shared.signer.verify(token).ok_or("invalid bearer token")?;
+        let audiences: Vec<String> = claims["aud"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let matched: Vec<String> = wanted
+            .iter()
+            .filter(|a| audiences.contains(a))
+            .cloned()
+            .collect();
+        if matched.is_empty() {
+            return Err("token audiences is invalid for the target audiences");
+        }
+        let k8s = &claims["kubernetes.io"];
+        let namespace = k8s["namespace"].as_str().unwrap_or_default();
+        let name = k8s["serviceaccount"]["name"].as_str().unwrap_or_default();
+        let store = shared.store.lock().unwrap();
+        let sa = store
+            .objects
+            .get(&key("", "serviceaccounts", namespace, name))
+            .ok_or("service account has been deleted")?;
+        if sa["metadata"]["uid"] != k8s["serviceaccount"]["uid"] {
+            return Err("service account UID does not match the token");
+        }
+        let pod = k8s["pod"]["name"].as_str().unwrap_or_default();
+        if let Some(stored) = store.objects.get(&key("", "pods", namespace, pod))
+            && stored["metadata"]["uid"] != k8s["pod"]["uid"]
+        {
+            return Err("pod UID does not match the token");
+        }
+        Ok(json!({
+            "authenticated": true,
+            "user": {
+                "username": format!("system:serviceaccount:{namespace}:{name}"),
+                "uid": sa["metadata"]["uid"],
+                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"), "system:authenticated"],
+                "extra": {
+                    "authentication.kubernetes.io/pod-name": [pod],
+                    "authentication.kubernetes.io/pod-uid": [k8s["pod"]["uid"]],
+                },
+            },
+            "audiences": matched,
+        }))
+    })();
+    let status_body =
+        result.unwrap_or_else(|error| json!({"authenticated": false, "error": error}));
+    let body = json!({
+        "kind": "TokenReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "spec": review["spec"],
+        "status": status_body,
+    });
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 fn page_not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
@@ -291,6 +505,9 @@ async fn handle(
         .unwrap()
         .requests
         .push((method.to_string(), uri.path().to_owned()));
+    if method == Method::POST && uri.path() == "/apis/authentication.k8s.io/v1/tokenreviews" {
+        return token_review(&shared, &body);
+    }
     let Some(target) = parse_path(uri.path()) else {
         return page_not_found();
     };

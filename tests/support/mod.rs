@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod openbao;
 pub mod provider;
 
 use std::io::Read as _;
@@ -259,6 +260,54 @@ impl Pod {
             ..Default::default()
         }
     }
+}
+
+impl Pod {
+    /// The same request with the service-account tokens kubelet adds for the CSIDriver's
+    /// `tokenRequests`, one per audience, minted by `api`.
+    pub fn publish_with_tokens(
+        &self,
+        target: &Path,
+        spc: &str,
+        api: &FakeApiServer,
+        audiences: &[&str],
+    ) -> csi::NodePublishVolumeRequest {
+        let mut request = self.publish(target, spc);
+        request.volume_context.insert(
+            "csi.storage.k8s.io/serviceAccount.tokens".to_owned(),
+            self.tokens(api, audiences),
+        );
+        request
+    }
+
+    /// Kubelet's `serviceAccount.tokens` attribute for this pod.
+    pub fn tokens(&self, api: &FakeApiServer, audiences: &[&str]) -> String {
+        let tokens: serde_json::Map<String, Value> = audiences
+            .iter()
+            .map(|audience| {
+                let token = api.issue_token(
+                    &self.namespace,
+                    &self.service_account,
+                    audience,
+                    (&self.name, &self.uid),
+                );
+                (
+                    (*audience).to_owned(),
+                    json!({"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"}),
+                )
+            })
+            .collect();
+        Value::Object(tokens).to_string()
+    }
+}
+
+/// Stores a service account, as tokens can only be issued for existing ones.
+pub fn service_account(api: &FakeApiServer, namespace: &str, name: &str) {
+    api.insert(
+        "",
+        "serviceaccounts",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}}),
+    );
 }
 
 /// An unpublish request for `target`.

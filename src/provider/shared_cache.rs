@@ -1,0 +1,217 @@
+//! Single-flight sharing of backend results (logins, reads) between the mounts of one workload
+//! identity, so 50 pods of a Deployment starting together make one login, not 50.
+//!
+//! Callers choose the key; a key must contain the whole identity (namespace, service account,
+//! backend, role), because a value is handed to every caller with an equal key.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+type Slot<V> = Arc<tokio::sync::Mutex<Option<Cached<V>>>>;
+
+struct Cached<V> {
+    value: V,
+    fresh_until: Instant,
+}
+
+/// A bounded map of values that are shared while fresh and fetched by one caller at a time.
+pub struct SharedCache<K, V> {
+    slots: Mutex<HashMap<K, Slot<V>>>,
+    capacity: usize,
+}
+
+impl<K, V> std::fmt::Debug for SharedCache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCache")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> SharedCache<K, V> {
+    /// A cache holding at most about `capacity` keys.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The fresh value for `key`, or the result of `fetch`, which gets the stale value (to
+    /// renew rather than start over) and returns the new value with how long it stays fresh.
+    ///
+    /// Concurrent callers with one key wait for a single fetch and share its value; a failed
+    /// fetch is not cached, and the next waiter tries again. `true` means this call fetched.
+    pub async fn get_or_fetch<F, Fut, E>(&self, key: &K, fetch: F) -> Result<(V, bool), E>
+    where
+        F: FnOnce(Option<V>) -> Fut,
+        Fut: Future<Output = Result<(V, Duration), E>>,
+    {
+        let slot = self.slot(key);
+        let mut cached = slot.lock().await;
+        if let Some(entry) = cached.as_ref().filter(|e| e.fresh_until > Instant::now()) {
+            return Ok((entry.value.clone(), false));
+        }
+        let stale = cached.take().map(|entry| entry.value);
+        let (value, fresh_for) = fetch(stale).await?;
+        *cached = Some(Cached {
+            value: value.clone(),
+            fresh_until: Instant::now() + fresh_for,
+        });
+        Ok((value, true))
+    }
+
+    /// Drops the value for `key` if `is_bad` says so (a token the backend just refused),
+    /// leaving a value another caller already replaced it with.
+    pub async fn invalidate_if(&self, key: &K, is_bad: impl Fn(&V) -> bool) {
+        let slot = self.slot(key);
+        let mut cached = slot.lock().await;
+        if cached.as_ref().is_some_and(|entry| is_bad(&entry.value)) {
+            *cached = None;
+        }
+    }
+
+    /// Number of keys held, for tests and metrics.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Slot<V>>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn slot(&self, key: &K) -> Slot<V> {
+        let mut slots = self.lock();
+        if let Some(slot) = slots.get(key) {
+            return slot.clone();
+        }
+        if slots.len() >= self.capacity {
+            evict(&mut slots, self.capacity);
+        }
+        let slot = Slot::default();
+        slots.insert(key.clone(), slot.clone());
+        slot
+    }
+}
+
+/// Frees room: first expired or empty slots nobody is using, then any unused slot.
+fn evict<K: Eq + Hash + Clone, V>(slots: &mut HashMap<K, Slot<V>>, capacity: usize) {
+    let now = Instant::now();
+    slots.retain(|_, slot| {
+        match slot.try_lock() {
+            Ok(cached) => cached.as_ref().is_some_and(|e| e.fresh_until > now),
+            // Someone is fetching or reading it: keep it.
+            Err(_) => true,
+        }
+    });
+    if slots.len() >= capacity {
+        let unused: Vec<K> = slots
+            .iter()
+            .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+            .map(|(key, _)| key.clone())
+            .take(slots.len() + 1 - capacity)
+            .collect();
+        for key in unused {
+            slots.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_fetch() {
+        let cache = Arc::new(SharedCache::<&str, u32>::new(10));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let calls = (0..20).map(|_| {
+            let cache = cache.clone();
+            let fetches = fetches.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch(&"identity", |_| async move {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok::<_, ()>((7, Duration::from_secs(60)))
+                    })
+                    .await
+                    .unwrap()
+                    .0
+            })
+        });
+        for call in futures::future::join_all(calls).await {
+            assert_eq!(call.unwrap(), 7);
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn stale_values_are_handed_to_the_next_fetch_and_errors_are_not_kept() {
+        let cache = SharedCache::<&str, u32>::new(10);
+        cache
+            .get_or_fetch(&"k", |_| async { Ok::<_, ()>((1, Duration::ZERO)) })
+            .await
+            .unwrap();
+        let (value, fetched) = cache
+            .get_or_fetch(&"k", |stale| async move {
+                Ok::<_, ()>((stale.unwrap() + 1, Duration::from_secs(60)))
+            })
+            .await
+            .unwrap();
+        assert_eq!((value, fetched), (2, true));
+        assert!(
+            cache
+                .get_or_fetch(&"other", |_| async { Err::<(u32, Duration), _>("down") })
+                .await
+                .is_err()
+        );
+        let (value, fetched) = cache
+            .get_or_fetch(&"other", |_| async {
+                Ok::<_, ()>((5, Duration::from_secs(60)))
+            })
+            .await
+            .unwrap();
+        assert_eq!((value, fetched), (5, true));
+    }
+
+    #[tokio::test]
+    async fn invalidation_only_drops_the_refused_value() {
+        let cache = SharedCache::<&str, u32>::new(10);
+        let fresh = |v: u32| move |_| async move { Ok::<_, ()>((v, Duration::from_secs(60))) };
+        cache.get_or_fetch(&"k", fresh(1)).await.unwrap();
+        cache.invalidate_if(&"k", |v| *v == 2).await;
+        assert_eq!(
+            cache.get_or_fetch(&"k", fresh(3)).await.unwrap(),
+            (1, false)
+        );
+        cache.invalidate_if(&"k", |v| *v == 1).await;
+        assert_eq!(cache.get_or_fetch(&"k", fresh(3)).await.unwrap(), (3, true));
+    }
+
+    #[tokio::test]
+    async fn the_cache_stays_bounded() {
+        let cache = SharedCache::<u32, u32>::new(4);
+        for key in 0..100 {
+            cache
+                .get_or_fetch(&key, |_| async move {
+                    Ok::<_, ()>((key, Duration::from_secs(60)))
+                })
+                .await
+                .unwrap();
+        }
+        assert!(cache.len() <= 4, "{}", cache.len());
+    }
+}

@@ -1,0 +1,665 @@
+//! SecretProviderClass parameters of HashiCorp's vault-csi-provider, parsed strictly: every
+//! malformed value fails before any network call, naming the object and field.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::NAME;
+use crate::csi::request::{POD_NAME, POD_NAMESPACE, POD_UID, SERVICE_ACCOUNT};
+use crate::provider::ProviderError;
+
+/// Defaults for what a SecretProviderClass leaves out (flags, then `VAULT_*` environment).
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Vault address when `vaultAddress` is not set.
+    pub address: String,
+    /// Auth mount when neither mount parameter is set.
+    pub auth_mount: String,
+    /// Enterprise/OpenBao namespace when `vaultNamespace` is not set.
+    pub namespace: Option<String>,
+    /// TLS settings that SPC parameters override one by one.
+    pub tls: TlsConfig,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            address: "https://127.0.0.1:8200".to_owned(),
+            auth_mount: "kubernetes".to_owned(),
+            namespace: None,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// How to reach Vault over TLS; also the key of the HTTP client pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsConfig {
+    /// PEM bundle of CAs to trust instead of the system roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Directory of PEM CAs to trust instead of the system roots.
+    pub ca_directory: Option<PathBuf>,
+    /// Name to verify the server certificate against (and send as SNI).
+    pub server_name: Option<String>,
+    /// Accept any server certificate. For tests only.
+    pub skip_verify: bool,
+    /// Client certificate (PEM) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    pub client_key: Option<PathBuf>,
+}
+
+/// The pod a volume belongs to, as kubelet reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Pod {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Service account the pod runs as.
+    pub service_account: String,
+}
+
+/// One volume's Vault settings.
+#[derive(Debug, Clone)]
+pub struct VolumeConfig {
+    /// Base address, without a trailing slash.
+    pub address: String,
+    /// `X-Vault-Namespace`, if any.
+    pub namespace: Option<String>,
+    /// Auth mount path, without `auth/` and slashes.
+    pub auth_mount: String,
+    /// Vault role to log in as.
+    pub role: Option<String>,
+    /// Which of the pod's tokens to present.
+    pub audience: String,
+    /// TLS settings.
+    pub tls: TlsConfig,
+    /// The pod.
+    pub pod: Pod,
+    /// Objects, in SPC order.
+    pub objects: Vec<ObjectConfig>,
+}
+
+/// File contents encoding of a value picked with `secretKey`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// Written as is.
+    Utf8,
+    /// Standard base64, decoded before writing.
+    Base64,
+    /// Hex, decoded before writing.
+    Hex,
+}
+
+/// One entry of `objects`.
+#[derive(Debug, Clone)]
+pub struct ObjectConfig {
+    /// File name, and the object version id.
+    pub name: String,
+    /// The HTTP request that reads it.
+    pub request: ReadRequest,
+    /// Key inside the response data; `None` writes the whole response JSON.
+    pub secret_key: Option<String>,
+    /// How to decode the picked value.
+    pub encoding: Encoding,
+    /// File mode; `None` inherits the volume's default.
+    pub mode: Option<u32>,
+}
+
+/// A Vault API request; equal requests within one mount are sent once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReadRequest {
+    /// HTTP method, upper case.
+    pub method: String,
+    /// `/v1/...` path.
+    pub path: String,
+    /// Raw query string, without `?`.
+    pub query: Option<String>,
+    /// JSON request body from `secretArgs`.
+    pub body: Option<String>,
+}
+
+impl ReadRequest {
+    /// `path?query`, as sent.
+    pub fn path_and_query(&self) -> String {
+        match &self.query {
+            Some(query) => format!("{}?{query}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawObject {
+    object_name: Option<String>,
+    secret_path: Option<String>,
+    #[serde(default)]
+    secret_key: Option<String>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    secret_args: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    encoding: Option<String>,
+    #[serde(default)]
+    file_permission: Option<String>,
+}
+
+fn invalid(message: String) -> ProviderError {
+    ProviderError::InvalidParameters {
+        provider: NAME.to_owned(),
+        message,
+    }
+}
+
+/// Parses one volume's parameters (SPC parameters merged with kubelet's attributes).
+pub fn parse(
+    parameters: &BTreeMap<String, String>,
+    defaults: &Defaults,
+) -> Result<VolumeConfig, ProviderError> {
+    let get = |key: &str| {
+        parameters
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    let auth_mount = match (get("vaultKubernetesMountPath"), get("vaultAuthMountPath")) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "cannot set both vaultKubernetesMountPath and vaultAuthMountPath; keep vaultAuthMountPath"
+                    .to_owned(),
+            ));
+        }
+        (Some(mount), None) | (None, Some(mount)) => mount,
+        (None, None) => defaults.auth_mount.as_str(),
+    };
+    let auth_mount = auth_mount.trim_matches('/');
+    let auth_mount = auth_mount
+        .strip_prefix("auth/")
+        .unwrap_or(auth_mount)
+        .to_owned();
+    if auth_mount.is_empty()
+        || auth_mount
+            .split('/')
+            .any(|part| part.is_empty() || part == "..")
+    {
+        return Err(invalid(format!(
+            "auth mount path {auth_mount:?} is not a Vault mount path such as \"kubernetes\" or \"jwt\""
+        )));
+    }
+
+    let address = get("vaultAddress").unwrap_or(&defaults.address);
+    let address = address.trim_end_matches('/').to_owned();
+    if !(address.starts_with("https://") || address.starts_with("http://"))
+        || address.parse::<http::Uri>().is_err()
+    {
+        return Err(invalid(format!(
+            "vaultAddress {address:?} is not an http(s) URL such as https://vault.vault:8200"
+        )));
+    }
+
+    let mut tls = defaults.tls.clone();
+    if let Some(path) = get("vaultCACertPath") {
+        tls.ca_cert = Some(PathBuf::from(path));
+    }
+    if let Some(path) = get("vaultCADirectory") {
+        tls.ca_directory = Some(PathBuf::from(path));
+    }
+    if let Some(name) = get("vaultTLSServerName") {
+        tls.server_name = Some(name.to_owned());
+    }
+    if let Some(path) = get("vaultTLSClientCertPath") {
+        tls.client_cert = Some(PathBuf::from(path));
+    }
+    if let Some(path) = get("vaultTLSClientKeyPath") {
+        tls.client_key = Some(PathBuf::from(path));
+    }
+    if tls.client_cert.is_some() != tls.client_key.is_some() {
+        return Err(invalid(
+            "vaultTLSClientCertPath and vaultTLSClientKeyPath must be set together".to_owned(),
+        ));
+    }
+    if let Some(text) = get("vaultSkipTLSVerify") {
+        tls.skip_verify = parse_bool(text).ok_or_else(|| {
+            invalid(format!(
+                "vaultSkipTLSVerify {text:?} is not a boolean; use \"true\" or \"false\""
+            ))
+        })?;
+    }
+
+    let objects_text = get("objects").ok_or_else(|| {
+        invalid(
+            "no secrets configured - the provider will not read any secret material; \
+             add an `objects` list to the SecretProviderClass parameters"
+                .to_owned(),
+        )
+    })?;
+    let objects = parse_objects(objects_text)?;
+
+    Ok(VolumeConfig {
+        address,
+        namespace: get("vaultNamespace")
+            .map(str::to_owned)
+            .or_else(|| defaults.namespace.clone()),
+        auth_mount,
+        role: get("roleName").map(str::to_owned),
+        audience: get("audience").unwrap_or("vault").to_owned(),
+        tls,
+        pod: Pod {
+            namespace: get(POD_NAMESPACE).unwrap_or_default().to_owned(),
+            name: get(POD_NAME).unwrap_or_default().to_owned(),
+            uid: get(POD_UID).unwrap_or_default().to_owned(),
+            service_account: get(SERVICE_ACCOUNT).unwrap_or_default().to_owned(),
+        },
+        objects,
+    })
+}
+
+/// Go's `strconv.ParseBool`, which upstream uses.
+fn parse_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_objects(text: &str) -> Result<Vec<ObjectConfig>, ProviderError> {
+    let raw: Vec<RawObject> = serde_saphyr::from_str(text).map_err(|err| {
+        invalid(format!(
+            "objects is not a YAML list of {{objectName, secretPath, secretKey, method, secretArgs, encoding, filePermission}}: {err}"
+        ))
+    })?;
+    if raw.is_empty() {
+        return Err(invalid(
+            "no secrets configured - the provider will not read any secret material; \
+             the `objects` list is empty"
+                .to_owned(),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    let mut duplicated = BTreeSet::new();
+    let mut objects = Vec::with_capacity(raw.len());
+    for (index, object) in raw.into_iter().enumerate() {
+        let parsed = parse_object(index, object)?;
+        if !seen.insert(parsed.name.clone()) {
+            duplicated.insert(parsed.name.clone());
+        }
+        objects.push(parsed);
+    }
+    if !duplicated.is_empty() {
+        return Err(invalid(format!(
+            "each 'objectName' within a SecretProviderClass must be unique, but the following keys were duplicated: {}",
+            duplicated.into_iter().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(objects)
+}
+
+fn parse_object(index: usize, raw: RawObject) -> Result<ObjectConfig, ProviderError> {
+    let name = raw
+        .object_name
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| invalid(format!("objects[{index}]: objectName is required")))?;
+    let field = |field: &str, why: String| invalid(format!("object {name:?}: {field}: {why}"));
+
+    let secret_path = raw
+        .secret_path
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| {
+            field(
+                "secretPath",
+                "is required, e.g. secret/data/app for KV v2".to_owned(),
+            )
+        })?;
+    let (path, query) = match secret_path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (secret_path.as_str(), None),
+    };
+    let path = normalize_path(path).map_err(|why| field("secretPath", why))?;
+    if let Some(query) = query {
+        check_query(query).map_err(|why| {
+            invalid(format!(
+                "failed to parse query parameters from secretPath {secret_path:?} for objectName {name:?}: {why}"
+            ))
+        })?;
+    }
+
+    let method = raw
+        .method
+        .map(|m| m.trim().to_ascii_uppercase())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "GET".to_owned());
+    if !matches!(
+        method.as_str(),
+        "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "LIST"
+    ) {
+        return Err(field(
+            "method",
+            format!("{method:?} is not one of GET, POST, PUT, PATCH, DELETE, LIST"),
+        ));
+    }
+    // Serializing a JSON map cannot fail.
+    let body = raw
+        .secret_args
+        .map(|args| serde_json::to_string(&args).unwrap_or_default());
+
+    let encoding = match raw.encoding.as_deref().map(str::trim) {
+        None | Some("") => Encoding::Utf8,
+        Some(text) => match text.to_ascii_lowercase().as_str() {
+            "utf-8" | "utf8" => Encoding::Utf8,
+            "base64" => Encoding::Base64,
+            "hex" => Encoding::Hex,
+            _ => {
+                return Err(field(
+                    "encoding",
+                    format!("invalid encoding type {text:?}. Should be utf-8, base64, or hex"),
+                ));
+            }
+        },
+    };
+    let mode = match raw.file_permission.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => Some(parse_yaml_mode(text).map_err(|why| field("filePermission", why))?),
+    };
+    let secret_key = raw.secret_key.filter(|k| !k.is_empty());
+
+    Ok(ObjectConfig {
+        name,
+        request: ReadRequest {
+            method,
+            path,
+            query: query.map(str::to_owned),
+            body,
+        },
+        secret_key,
+        encoding,
+        mode: mode.filter(|m| *m != 0),
+    })
+}
+
+/// `secret/foo`, `/secret/foo`, `v1/secret/foo` and `/v1/secret/foo` all become
+/// `/v1/secret/foo`.
+fn normalize_path(path: &str) -> Result<String, String> {
+    let trimmed = path.trim_start_matches('/');
+    let rest = trimmed.strip_prefix("v1/").unwrap_or(trimmed);
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(format!("{path:?} names no secret"));
+    }
+    if rest
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err(format!("{path:?} has an empty, '.' or '..' segment"));
+    }
+    if rest
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || b == b'#' || b == b'%')
+    {
+        return Err(format!(
+            "{path:?} contains a space, '#', '%' or a control character"
+        ));
+    }
+    Ok(format!("/v1/{rest}"))
+}
+
+fn check_query(query: &str) -> Result<(), String> {
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key.is_empty() {
+            return Err(format!("{pair:?} has no parameter name"));
+        }
+        for part in [key, value] {
+            check_escapes(part)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_escapes(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let valid = bytes.len() > i + 2
+                    && bytes[i + 1].is_ascii_hexdigit()
+                    && bytes[i + 2].is_ascii_hexdigit();
+                if !valid {
+                    return Err(format!("invalid URL escape in {text:?}"));
+                }
+                i += 3;
+            }
+            b if b.is_ascii_control() || b == b' ' || b == b'#' => {
+                return Err(format!(
+                    "{text:?} contains a space, '#' or a control character"
+                ));
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// A YAML integer file mode as upstream decodes it: `0600` and `0o600` are octal, `420` is
+/// decimal (0644).
+fn parse_yaml_mode(text: &str) -> Result<u32, String> {
+    let parsed = if let Some(octal) = text.strip_prefix("0o") {
+        u32::from_str_radix(octal, 8)
+    } else if text.len() > 1 && text.starts_with('0') {
+        u32::from_str_radix(&text[1..], 8)
+    } else {
+        text.parse::<u32>()
+    };
+    match parsed {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!(
+            "{text:?} is not a file mode; write it in octal with a leading zero, e.g. 0600"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn error(pairs: &[(&str, &str)]) -> String {
+        parse(&params(pairs), &Defaults::default())
+            .unwrap_err()
+            .to_string()
+    }
+
+    const ONE: &str = "- objectName: a\n  secretPath: secret/data/a\n";
+
+    #[test]
+    fn a_full_parameter_set_parses() {
+        let config = parse(
+            &params(&[
+                ("roleName", "app"),
+                ("vaultAddress", "https://vault:8200/"),
+                ("vaultNamespace", "team"),
+                ("vaultAuthMountPath", "/auth/jwt/"),
+                ("audience", "custom"),
+                ("vaultCACertPath", "/ca.pem"),
+                ("vaultTLSServerName", "vault.internal"),
+                ("vaultSkipTLSVerify", "False"),
+                ("vaultTLSClientCertPath", "/c.pem"),
+                ("vaultTLSClientKeyPath", "/k.pem"),
+                (POD_NAMESPACE, "ns"),
+                (SERVICE_ACCOUNT, "sa"),
+                (
+                    "objects",
+                    "- objectName: cert\n  secretPath: /v1/pki/issue/web?ttl=1h&x=%2F\n  method: put\n  \
+                     secretArgs: {common_name: a.example.com}\n  secretKey: certificate\n  \
+                     encoding: BASE64\n  filePermission: 0600\n\
+                     - objectName: whole\n  secretPath: v1/secret/x\n  filePermission: 420\n",
+                ),
+            ]),
+            &Defaults::default(),
+        )
+        .unwrap();
+        assert_eq!(config.address, "https://vault:8200");
+        assert_eq!(config.auth_mount, "jwt");
+        assert_eq!(config.audience, "custom");
+        assert_eq!(config.namespace.as_deref(), Some("team"));
+        assert_eq!(config.pod.service_account, "sa");
+        assert_eq!(config.tls.server_name.as_deref(), Some("vault.internal"));
+        let cert = &config.objects[0];
+        assert_eq!(cert.request.method, "PUT");
+        assert_eq!(cert.request.path, "/v1/pki/issue/web");
+        assert_eq!(cert.request.query.as_deref(), Some("ttl=1h&x=%2F"));
+        assert_eq!(
+            cert.request.body.as_deref(),
+            Some(r#"{"common_name":"a.example.com"}"#)
+        );
+        assert_eq!(cert.encoding, Encoding::Base64);
+        assert_eq!(cert.mode, Some(0o600));
+        assert_eq!(config.objects[1].request.path, "/v1/secret/x");
+        assert_eq!(config.objects[1].mode, Some(0o644));
+        assert_eq!(config.objects[1].secret_key, None);
+    }
+
+    #[test]
+    fn defaults_fill_what_the_class_leaves_out() {
+        let defaults = Defaults {
+            address: "http://127.0.0.1:8200".to_owned(),
+            auth_mount: "k8s-prod".to_owned(),
+            namespace: Some("root-ns".to_owned()),
+            tls: TlsConfig {
+                skip_verify: true,
+                ..TlsConfig::default()
+            },
+        };
+        let config = parse(&params(&[("objects", ONE)]), &defaults).unwrap();
+        assert_eq!(config.address, "http://127.0.0.1:8200");
+        assert_eq!(config.auth_mount, "k8s-prod");
+        assert_eq!(config.namespace.as_deref(), Some("root-ns"));
+        assert_eq!(config.audience, "vault");
+        assert!(config.tls.skip_verify);
+    }
+
+    #[test]
+    fn every_malformed_field_is_named() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "no secrets configured"),
+            (&[("objects", "[]")], "no secrets configured"),
+            (&[("objects", "not: [a list")], "objects is not a YAML list"),
+            (
+                &[
+                    ("objects", ONE),
+                    ("vaultKubernetesMountPath", "a"),
+                    ("vaultAuthMountPath", "b"),
+                ],
+                "cannot set both vaultKubernetesMountPath and vaultAuthMountPath",
+            ),
+            (
+                &[("objects", ONE), ("vaultSkipTLSVerify", "yes")],
+                "vaultSkipTLSVerify \"yes\"",
+            ),
+            (
+                &[("objects", ONE), ("vaultAddress", "vault:8200")],
+                "vaultAddress \"vault:8200\"",
+            ),
+            (
+                &[("objects", ONE), ("vaultTLSClientCertPath", "/c.pem")],
+                "must be set together",
+            ),
+            (
+                &[("objects", "- secretPath: a\n")],
+                "objects[0]: objectName is required",
+            ),
+            (
+                &[("objects", "- objectName: a\n")],
+                "object \"a\": secretPath: is required",
+            ),
+            (
+                &[("objects", "- objectName: a\n  secretPath: secret/../x\n")],
+                "object \"a\": secretPath",
+            ),
+            (
+                &[(
+                    "objects",
+                    "- objectName: a\n  secretPath: secret/x?version=%zz\n",
+                )],
+                "failed to parse query parameters from secretPath",
+            ),
+            (
+                &[(
+                    "objects",
+                    "- objectName: a\n  secretPath: secret/x\n  encoding: rot13\n",
+                )],
+                "object \"a\": encoding: invalid encoding type \"rot13\". Should be utf-8, base64, or hex",
+            ),
+            (
+                &[(
+                    "objects",
+                    "- objectName: a\n  secretPath: secret/x\n  filePermission: 0999\n",
+                )],
+                "object \"a\": filePermission",
+            ),
+            (
+                &[(
+                    "objects",
+                    "- objectName: a\n  secretPath: secret/x\n  method: FETCH\n",
+                )],
+                "object \"a\": method",
+            ),
+            (
+                &[(
+                    "objects",
+                    "- objectName: a\n  secretPath: secret/x\n  secretArgs: [1]\n",
+                )],
+                "objects is not a YAML list",
+            ),
+            (
+                &[(
+                    "objects",
+                    "- objectName: a\n  secretPath: secret/x\n  secretkey: typo\n",
+                )],
+                "unknown field",
+            ),
+            (
+                &[(
+                    "objects",
+                    "- {objectName: a, secretPath: x}\n- {objectName: b, secretPath: x}\n\
+                     - {objectName: a, secretPath: y}\n- {objectName: b, secretPath: y}\n",
+                )],
+                "the following keys were duplicated: a, b",
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let message = error(pairs);
+            assert!(message.contains(expected), "{pairs:?}: {message}");
+            assert!(message.starts_with("provider \"vault\""), "{message}");
+        }
+    }
+
+    #[test]
+    fn paths_are_normalized_like_upstream() {
+        for path in [
+            "secret/foo",
+            "/secret/foo",
+            "v1/secret/foo",
+            "/v1/secret/foo",
+        ] {
+            assert_eq!(normalize_path(path).unwrap(), "/v1/secret/foo");
+        }
+        assert!(normalize_path("/v1/").is_err());
+    }
+}

@@ -1,0 +1,867 @@
+//! The built-in `vault` provider against a real OpenBao dev server: through the real CSI
+//! socket and tmpfs, with OpenBao's real Kubernetes auth validating pod tokens against the fake
+//! API server's TokenReview.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use support::openbao::{OpenBao, ROOT_TOKEN};
+use support::{
+    Driver, FakeApiServer, Pod, mount_line, mounts_under, read_tree, service_account, spc,
+    unpublish,
+};
+use tonic::Code;
+
+const GROUP: &str = "secrets-store.csi.x-k8s.io";
+const PASSWORD_V1: &str = "first-password-c41d";
+const PASSWORD_V2: &str = "second-password-88e0";
+const LEGACY: &str = "kv1-legacy-token-5b7a";
+const BINARY: &[u8] = b"\x00\xffbinary-secret-3e";
+const OTHER: &str = "other-teams-secret-0d9f";
+
+/// OpenBao with KV v1 (`kv/`) and v2 (`secret/`) data, Kubernetes auth against `api`, a role
+/// `app` for `team/app-sa` and a role `other` for `team/other-sa`, each reading its own paths.
+fn openbao(api: &FakeApiServer) -> Option<OpenBao> {
+    let bao = OpenBao::start()?;
+    configure(&bao, api);
+    Some(bao)
+}
+
+fn configure(bao: &OpenBao, api: &FakeApiServer) {
+    service_account(api, "team", "app-sa");
+    service_account(api, "team", "other-sa");
+    bao.bao(&["secrets", "enable", "-path=kv", "-version=1", "kv"]);
+    bao.bao(&[
+        "kv",
+        "put",
+        "secret/app",
+        "username=admin",
+        &format!("password={PASSWORD_V1}"),
+    ]);
+    bao.bao(&[
+        "kv",
+        "put",
+        "secret/app",
+        "username=admin",
+        &format!("password={PASSWORD_V2}"),
+    ]);
+    bao.bao(&["kv", "put", "kv/legacy", &format!("token={LEGACY}")]);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(BINARY);
+    let hex: String = BINARY.iter().map(|b| format!("{b:02x}")).collect();
+    bao.bao(&[
+        "kv",
+        "put",
+        "secret/blob",
+        &format!("b64={b64}"),
+        &format!("hex={hex}"),
+    ]);
+    let json_file = bao.dir.path().join("typed.json");
+    std::fs::write(
+        &json_file,
+        r#"{"count": 10, "nested": {"b": "hop", "a": [6, "x", true]}}"#,
+    )
+    .unwrap();
+    bao.bao(&[
+        "kv",
+        "put",
+        "secret/typed",
+        &format!("@{}", json_file.display()),
+    ]);
+    bao.bao(&["kv", "put", "secret/other", &format!("value={OTHER}")]);
+    bao.policy(
+        "app",
+        r#"path "secret/data/app" { capabilities = ["read"] }
+           path "secret/data/blob" { capabilities = ["read"] }
+           path "secret/data/typed" { capabilities = ["read"] }
+           path "kv/*" { capabilities = ["read"] }
+           path "pki/issue/web" { capabilities = ["update"] }"#,
+    );
+    bao.policy(
+        "other",
+        r#"path "secret/data/other" { capabilities = ["read"] }"#,
+    );
+    bao.enable_kubernetes_auth(&api.url);
+    bao.kubernetes_role("app", "team", "app-sa", "app");
+    bao.kubernetes_role("other", "team", "other-sa", "other");
+}
+
+fn pod(name: &str, service_account: &str) -> Pod {
+    let mut pod = Pod::new(name, "team");
+    pod.service_account = service_account.to_owned();
+    pod
+}
+
+/// The README's KV example, with every output form.
+const KV_OBJECTS: &str = r#"
+- objectName: password
+  secretPath: secret/data/app
+  secretKey: password
+- objectName: password-v1
+  secretPath: secret/data/app?version=1
+  secretKey: password
+- objectName: legacy
+  secretPath: v1/kv/legacy
+  secretKey: token
+  filePermission: 0600
+- objectName: whole.json
+  secretPath: /v1/secret/data/app
+- objectName: binary
+  secretPath: secret/data/blob
+  secretKey: b64
+  encoding: base64
+- objectName: binary-hex
+  secretPath: secret/data/blob
+  secretKey: hex
+  encoding: hex
+- objectName: count
+  secretPath: secret/data/typed
+  secretKey: count
+- objectName: nested.json
+  secretPath: secret/data/typed
+  secretKey: nested
+"#;
+
+fn kv_class(api: &FakeApiServer, name: &str, address: &str) {
+    api.insert(
+        GROUP,
+        "secretproviderclasses",
+        spc(
+            "team",
+            name,
+            "vault",
+            json!({"roleName": "app", "vaultAddress": address, "objects": KV_OBJECTS}),
+        ),
+    );
+}
+
+fn files(target: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
+    read_tree(target)
+        .into_iter()
+        .map(|(path, contents, mode)| (path, (contents, mode)))
+        .collect()
+}
+
+/// Asserts that the logs hold none of the test's secrets, pod tokens or Vault tokens.
+fn assert_no_leaks(driver: &Driver, tokens: &[&str]) {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(BINARY);
+    let mut values = vec![PASSWORD_V1, PASSWORD_V2, LEGACY, OTHER, &b64, ROOT_TOKEN];
+    values.extend_from_slice(tokens);
+    driver.assert_logs_free_of(&values);
+    let logs = driver.logs();
+    // OpenBao service tokens look like `s.` + 24 characters.
+    for (index, _) in logs.match_indices("s.") {
+        let rest: String = logs[index + 2..]
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect();
+        assert!(
+            rest.len() < 24,
+            "a Vault token may have been logged: s.{rest}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_secrets_mount_through_the_csi_socket_with_kubernetes_auth() {
+    if !support::require_root() {
+        return;
+    }
+    let api = FakeApiServer::start().await;
+    let Some(bao) = openbao(&api) else { return };
+    let key_file = tempfile::tempdir().unwrap();
+    let key_arg = format!(
+        "--version-key-file={}",
+        key_file.path().join("v.key").display()
+    );
+    let driver = Driver::start(&api, &[&key_arg]).await;
+    kv_class(&api, "kv", &bao.addr);
+
+    let app = pod("web-1", "app-sa");
+    let target = driver.target(&app.uid, "secrets");
+    let request = app.publish_with_tokens(&target, "kv", &api, &["vault"]);
+    let tokens = request.volume_context["csi.storage.k8s.io/serviceAccount.tokens"].clone();
+    driver.node().node_publish_volume(request).await.unwrap();
+
+    assert!(mount_line(&target).unwrap().contains(" tmpfs "));
+    let files = files(&target);
+    let text = |name: &str| String::from_utf8(files[name].0.clone()).unwrap();
+    assert_eq!(text("password"), PASSWORD_V2);
+    assert_eq!(text("password-v1"), PASSWORD_V1);
+    assert_eq!(text("legacy"), LEGACY);
+    assert_eq!(files["legacy"].1, 0o600);
+    assert_eq!(files["password"].1, 0o644);
+    assert_eq!(files["binary"].0, BINARY);
+    assert_eq!(files["binary-hex"].0, BINARY);
+    assert_eq!(text("count"), "10");
+    assert_eq!(text("nested.json"), r#"{"a":[6,"x",true],"b":"hop"}"#);
+    let whole: Value = serde_json::from_slice(&files["whole.json"].0).unwrap();
+    assert_eq!(whole["data"]["data"]["password"], PASSWORD_V2);
+    assert_eq!(whole["data"]["metadata"]["version"], 2);
+    assert!(whole["request_id"].is_string());
+    assert_eq!(files.len(), 8);
+
+    let status = api
+        .list(GROUP, "secretproviderclasspodstatuses")
+        .pop()
+        .unwrap();
+    let versions: BTreeMap<String, String> = status["status"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["id"].as_str().unwrap().to_owned(),
+                o["version"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(versions.len(), 8);
+    assert_ne!(versions["password"], versions["password-v1"]);
+    let mut versions = versions;
+    // The whole response carries a per-request id, so only its version differs between reads.
+    versions.remove("whole.json");
+
+    // A restarted driver with the same key file reports the same versions for the same data.
+    let second = Driver::start(&api, &[&key_arg]).await;
+    let again = pod("web-2", "app-sa");
+    let target2 = second.target(&again.uid, "secrets");
+    second
+        .node()
+        .node_publish_volume(again.publish_with_tokens(&target2, "kv", &api, &["vault"]))
+        .await
+        .unwrap();
+    let status = api
+        .list(GROUP, "secretproviderclasspodstatuses")
+        .into_iter()
+        .find(|s| s["status"]["podName"] == again.name.as_str())
+        .unwrap();
+    let versions2: BTreeMap<String, String> = status["status"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["id"].as_str().unwrap().to_owned(),
+                o["version"].as_str().unwrap().to_owned(),
+            )
+        })
+        .filter(|(id, _)| id != "whole.json")
+        .collect();
+    assert_eq!(versions, versions2);
+
+    second
+        .node()
+        .node_unpublish_volume(unpublish(&target2))
+        .await
+        .unwrap();
+    driver
+        .node()
+        .node_unpublish_volume(unpublish(&target))
+        .await
+        .unwrap();
+    assert!(mounts_under(driver.dir.path()).is_empty());
+    let token = serde_json::from_str::<Value>(&tokens).unwrap()["vault"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_no_leaks(&driver, &[&token]);
+    assert_no_leaks(&second, &[&token]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_issue_splits_into_certificate_and_key_with_one_request() {
+    if !support::require_root() {
+        return;
+    }
+    let api = FakeApiServer::start().await;
+    let Some(bao) = openbao(&api) else { return };
+    bao.bao(&["secrets", "enable", "pki"]);
+    bao.bao(&[
+        "write",
+        "pki/root/generate/internal",
+        "common_name=example.com",
+        "ttl=24h",
+    ]);
+    // generate_lease makes each issue a leased, dynamic secret.
+    bao.bao(&[
+        "write",
+        "pki/roles/web",
+        "allowed_domains=example.com",
+        "allow_subdomains=true",
+        "max_ttl=1h",
+        "generate_lease=true",
+    ]);
+    let driver = Driver::start(&api, &[]).await;
+    let objects = r#"
+- objectName: tls.crt
+  secretPath: pki/issue/web
+  method: PUT
+  secretArgs:
+    common_name: web.example.com
+    ttl: 10m
+  secretKey: certificate
+- objectName: tls.key
+  secretPath: pki/issue/web
+  method: PUT
+  secretArgs:
+    common_name: web.example.com
+    ttl: 10m
+  secretKey: private_key
+  filePermission: 0400
+- objectName: other.crt
+  secretPath: pki/issue/web
+  method: PUT
+  secretArgs:
+    common_name: other.example.com
+  secretKey: certificate
+"#;
+    api.insert(
+        GROUP,
+        "secretproviderclasses",
+        spc(
+            "team",
+            "tls",
+            "vault",
+            json!({"roleName": "app", "vaultAddress": bao.addr, "objects": objects}),
+        ),
+    );
+    let mut certificates = Vec::new();
+    for name in ["web-1", "web-2"] {
+        let app = pod(name, "app-sa");
+        let target = driver.target(&app.uid, "tls");
+        driver
+            .node()
+            .node_publish_volume(app.publish_with_tokens(&target, "tls", &api, &["vault"]))
+            .await
+            .unwrap();
+        let files = files(&target);
+        let cert = String::from_utf8(files["tls.crt"].0.clone()).unwrap();
+        let key = String::from_utf8(files["tls.key"].0.clone()).unwrap();
+        assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
+        assert!(key.contains("PRIVATE KEY-----"));
+        assert_eq!(files["tls.key"].1, 0o400);
+        assert_ne!(
+            files["other.crt"].0, files["tls.crt"].0,
+            "secretArgs are part of the request"
+        );
+        certificates.push(cert);
+    }
+    assert_ne!(
+        certificates[0], certificates[1],
+        "a leased secret is never shared between pods"
+    );
+    let issues = bao
+        .requests()
+        .into_iter()
+        .filter(|(_, path)| path == "pki/issue/web")
+        .count();
+    // One request per distinct (path, method, body) per pod: 2 per pod, not 3.
+    assert_eq!(issues, 4);
+    assert_no_leaks(&driver, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_auth_logs_in_with_the_pods_token() {
+    if !support::require_root() {
+        return;
+    }
+    let api = FakeApiServer::start().await;
+    let Some(bao) = openbao(&api) else { return };
+    bao.bao(&["auth", "enable", "jwt"]);
+    let key = bao.dir.path().join("sa.pub");
+    std::fs::write(&key, api.token_public_key_pem()).unwrap();
+    bao.bao(&[
+        "write",
+        "auth/jwt/config",
+        &format!("jwt_validation_pubkeys=@{}", key.display()),
+        &format!("bound_issuer={}", support::apiserver::ISSUER),
+    ]);
+    bao.bao(&[
+        "write",
+        "auth/jwt/role/app-jwt",
+        "role_type=jwt",
+        "bound_audiences=custom-aud",
+        "user_claim=sub",
+        "bound_subject=system:serviceaccount:team:app-sa",
+        "token_policies=app",
+    ]);
+    let driver = Driver::start(&api, &[&format!("--vault-address={}", bao.addr)]).await;
+    let objects = "- objectName: password\n  secretPath: secret/data/app\n  secretKey: password\n";
+    api.insert(
+        GROUP,
+        "secretproviderclasses",
+        spc(
+            "team",
+            "jwt",
+            "vault",
+            json!({"roleName": "app-jwt", "vaultAuthMountPath": "jwt", "audience": "custom-aud", "objects": objects}),
+        ),
+    );
+    let app = pod("web-1", "app-sa");
+    let target = driver.target(&app.uid, "secrets");
+    driver
+        .node()
+        .node_publish_volume(app.publish_with_tokens(
+            &target,
+            "jwt",
+            &api,
+            &["vault", "custom-aud"],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(files(&target)["password"].0, PASSWORD_V2.as_bytes());
+
+    // Another service account is refused by the role's bound subject.
+    let intruder = pod("evil", "other-sa");
+    let target = driver.target(&intruder.uid, "secrets");
+    let err = driver
+        .node()
+        .node_publish_volume(intruder.publish_with_tokens(&target, "jwt", &api, &["custom-aud"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    assert!(
+        err.message()
+            .contains("failed to login to auth/jwt as role \"app-jwt\""),
+        "{}",
+        err.message()
+    );
+    assert!(!target.exists());
+    assert_no_leaks(&driver, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failure_has_its_code_and_message_and_leaves_nothing_behind() {
+    if !support::require_root() {
+        return;
+    }
+    let api = FakeApiServer::start().await;
+    let Some(bao) = openbao(&api) else { return };
+    let driver = Driver::start(&api, &[&format!("--vault-address={}", bao.addr)]).await;
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let one = |path: &str, extra: &str| format!("- objectName: obj\n  secretPath: {path}\n{extra}");
+    let cases: Vec<(&str, Value, &str, Code, &str)> = vec![
+        (
+            "denied",
+            json!({"roleName": "app", "objects": one("secret/data/other", "  secretKey: value\n")}),
+            "app-sa",
+            Code::PermissionDenied,
+            "couldn't read secret \"obj\": GET /v1/secret/data/other was refused",
+        ),
+        (
+            "missing-path",
+            json!({"roleName": "app", "objects": one("kv/nothing-here", "")}),
+            "app-sa",
+            Code::NotFound,
+            "/v1/kv/nothing-here does not exist",
+        ),
+        (
+            "missing-key",
+            json!({"roleName": "app", "objects": one("secret/data/app", "  secretKey: pasword\n")}),
+            "app-sa",
+            Code::NotFound,
+            "key \"pasword\" does not exist at the secret path /v1/secret/data/app (keys there: password, username)",
+        ),
+        (
+            "bad-encoding",
+            json!({"roleName": "app", "objects": one("secret/data/app", "  secretKey: password\n  encoding: base64\n")}),
+            "app-sa",
+            Code::InvalidArgument,
+            "the value of key \"password\" at /v1/secret/data/app is not valid base64",
+        ),
+        (
+            "unbound-sa",
+            json!({"roleName": "app", "objects": one("secret/data/app", "")}),
+            "other-sa",
+            Code::Unauthenticated,
+            "failed to login to auth/kubernetes as role \"app\" for service account team/other-sa",
+        ),
+        (
+            "no-role",
+            json!({"objects": one("secret/data/app", "")}),
+            "app-sa",
+            Code::InvalidArgument,
+            "missing 'roleName' in SecretProviderClass definition",
+        ),
+        (
+            "wrong-audience",
+            json!({"roleName": "app", "audience": "not-sent", "objects": one("secret/data/app", "")}),
+            "app-sa",
+            Code::Unauthenticated,
+            "kubelet sent no service-account token for audience \"not-sent\"",
+        ),
+        (
+            "wrong-mount",
+            json!({"roleName": "app", "vaultAuthMountPath": "k8s-missing", "objects": one("secret/data/app", "")}),
+            "app-sa",
+            Code::Unauthenticated,
+            "auth/k8s-missing",
+        ),
+        (
+            "unreachable",
+            json!({"roleName": "app", "vaultAddress": format!("http://127.0.0.1:{closed_port}"), "objects": one("secret/data/app", "")}),
+            "app-sa",
+            Code::Unavailable,
+            &*Box::leak(
+                format!("Vault at http://127.0.0.1:{closed_port} is unreachable").into_boxed_str(),
+            ),
+        ),
+        (
+            "bad-objects",
+            json!({"roleName": "app", "objects": "- objectName: a\n  secretPath: secret/x\n  encoding: rot13\n"}),
+            "app-sa",
+            Code::InvalidArgument,
+            "object \"a\": encoding: invalid encoding type",
+        ),
+    ];
+    for (name, parameters, service_account, code, message) in cases {
+        api.insert(
+            GROUP,
+            "secretproviderclasses",
+            spc("team", name, "vault", parameters),
+        );
+        let app = pod(&format!("pod-{name}"), service_account);
+        let target = driver.target(&app.uid, "secrets");
+        let err = driver
+            .node()
+            .node_publish_volume(app.publish_with_tokens(&target, name, &api, &["vault"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{name}: {}", err.message());
+        assert!(err.message().contains(message), "{name}: {}", err.message());
+        assert!(!target.exists(), "{name}: target left behind");
+        assert!(
+            mounts_under(driver.dir.path()).is_empty(),
+            "{name}: mount left behind"
+        );
+    }
+    assert_no_leaks(&driver, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_one_identity_share_one_login_and_one_read_per_object() {
+    if !support::require_root() {
+        return;
+    }
+    let api = FakeApiServer::start().await;
+    let Some(bao) = openbao(&api) else { return };
+    let driver = Driver::start(&api, &[&format!("--vault-address={}", bao.addr)]).await;
+    let objects = "- {objectName: a, secretPath: secret/data/app, secretKey: password}\n\
+                   - {objectName: b, secretPath: secret/data/app?version=1, secretKey: password}\n\
+                   - {objectName: c, secretPath: kv/legacy, secretKey: token}\n\
+                   - {objectName: d, secretPath: secret/data/blob, secretKey: hex}\n\
+                   - {objectName: e, secretPath: secret/data/typed}\n";
+    api.insert(
+        GROUP,
+        "secretproviderclasses",
+        spc(
+            "team",
+            "five",
+            "vault",
+            json!({"roleName": "app", "objects": objects}),
+        ),
+    );
+    let mark = bao.requests().len();
+    let publishes = (0..10).map(|i| {
+        let app = pod(&format!("web-{i}"), "app-sa");
+        let target = driver.target(&app.uid, "secrets");
+        let request = app.publish_with_tokens(&target, "five", &api, &["vault"]);
+        let mut node = driver.node();
+        async move { node.node_publish_volume(request).await }
+    });
+    for result in futures::future::join_all(publishes).await {
+        result.unwrap();
+    }
+    let requests = bao.requests().split_off(mark);
+    let logins = requests
+        .iter()
+        .filter(|(_, p)| p == "auth/kubernetes/login")
+        .count();
+    assert_eq!(logins, 1, "{requests:?}");
+    assert_eq!(
+        requests.len(),
+        6,
+        "1 login + 5 reads for 10 pods: {requests:?}"
+    );
+
+    // Another identity never reuses that token or those reads.
+    let other = pod("other-1", "other-sa");
+    api.insert(
+        GROUP,
+        "secretproviderclasses",
+        spc("team", "mine", "vault", json!({"roleName": "other", "objects": "- {objectName: v, secretPath: secret/data/other, secretKey: value}\n"})),
+    );
+    let target = driver.target(&other.uid, "secrets");
+    driver
+        .node()
+        .node_publish_volume(other.publish_with_tokens(&target, "mine", &api, &["vault"]))
+        .await
+        .unwrap();
+    let denied = pod("other-2", "other-sa");
+    let target = driver.target(&denied.uid, "secrets");
+    let err = driver
+        .node()
+        .node_publish_volume(denied.publish_with_tokens(&target, "five", &api, &["vault"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    let logins = bao.requests()[mark..]
+        .iter()
+        .filter(|(_, p)| p == "auth/kubernetes/login")
+        .count();
+    assert_eq!(logins, 3, "one login per identity (and one refused)");
+    assert_no_leaks(&driver, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_cached_token_is_replaced_by_one_fresh_login() {
+    if !support::require_root() {
+        return;
+    }
+    let api = FakeApiServer::start().await;
+    let Some(bao) = openbao(&api) else { return };
+    let driver = Driver::start(
+        &api,
+        &[
+            &format!("--vault-address={}", bao.addr),
+            "--vault-read-cache-ttl=0s",
+        ],
+    )
+    .await;
+    kv_class(&api, "kv", &bao.addr);
+    let publish = |name: &str| {
+        let app = pod(name, "app-sa");
+        let target = driver.target(&app.uid, "secrets");
+        (
+            app.publish_with_tokens(&target, "kv", &api, &["vault"]),
+            target,
+        )
+    };
+    let (first, _) = publish("web-1");
+    driver.node().node_publish_volume(first).await.unwrap();
+    let (second, _) = publish("web-2");
+    driver.node().node_publish_volume(second).await.unwrap();
+    let logins = |bao: &OpenBao| {
+        bao.requests()
+            .iter()
+            .filter(|(_, p)| p == "auth/kubernetes/login")
+            .count()
+    };
+    assert_eq!(logins(&bao), 1, "the second pod reuses the token");
+
+    bao.bao(&["token", "revoke", "-mode=path", "auth/kubernetes/login"]);
+    let (third, target) = publish("web-3");
+    driver.node().node_publish_volume(third).await.unwrap();
+    assert_eq!(files(&target)["password"].0, PASSWORD_V2.as_bytes());
+    assert_eq!(logins(&bao), 2, "one fresh login after the refusal");
+    assert_no_leaks(&driver, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_down_during_rotation_keeps_the_mounted_files() {
+    if !support::require_root() {
+        return;
+    }
+    let api = FakeApiServer::start().await;
+    let Some(mut bao) = openbao(&api) else { return };
+    let driver = Driver::start(
+        &api,
+        &[
+            "--enable-secret-rotation",
+            "--rotation-poll-interval=1s",
+            "--vault-read-cache-ttl=0s",
+        ],
+    )
+    .await;
+    kv_class(&api, "kv", &bao.addr);
+    let app = pod("web-1", "app-sa");
+    let target = driver.target(&app.uid, "secrets");
+    driver
+        .node()
+        .node_publish_volume(app.publish_with_tokens(&target, "kv", &api, &["vault"]))
+        .await
+        .unwrap();
+    let before = files(&target);
+
+    bao.stop();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let request = app.publish_with_tokens(&target, "kv", &api, &["vault"]);
+    driver.node().node_publish_volume(request).await.unwrap();
+    assert_eq!(
+        files(&target),
+        before,
+        "the old files stay when Vault is down"
+    );
+    let logs = driver.logs();
+    assert!(
+        logs.contains("is unreachable"),
+        "the failure is logged: {logs}"
+    );
+    assert_no_leaks(&driver, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_verified_against_the_configured_ca_and_server_name() {
+    if !support::require_root() {
+        return;
+    }
+    let api = FakeApiServer::start().await;
+    let Some(bao) = OpenBao::start_tls() else {
+        return;
+    };
+    configure(&bao, &api);
+    let driver = Driver::start(&api, &[]).await;
+    let ca = bao.ca_cert.clone().unwrap();
+    let address = bao.addr.replace("127.0.0.1", "localhost");
+    let one = "- {objectName: p, secretPath: secret/data/app, secretKey: password}\n";
+    let cases = [
+        (
+            "ca",
+            json!({"vaultAddress": bao.addr, "vaultCACertPath": ca}),
+            None,
+        ),
+        (
+            "ca-dir",
+            json!({"vaultAddress": address, "vaultCADirectory": bao.dir.path(), "vaultTLSServerName": "localhost"}),
+            None,
+        ),
+        (
+            "skip",
+            json!({"vaultAddress": bao.addr, "vaultSkipTLSVerify": "true"}),
+            None,
+        ),
+        (
+            "system-roots",
+            json!({"vaultAddress": bao.addr}),
+            Some(Code::Unavailable),
+        ),
+        (
+            "wrong-name",
+            json!({"vaultAddress": bao.addr, "vaultCACertPath": ca, "vaultTLSServerName": "vault.example.com"}),
+            Some(Code::Unavailable),
+        ),
+        (
+            "missing-ca",
+            json!({"vaultAddress": bao.addr, "vaultCACertPath": "/nonexistent/ca.pem"}),
+            Some(Code::InvalidArgument),
+        ),
+    ];
+    for (name, mut parameters, failure) in cases {
+        parameters["roleName"] = json!("app");
+        parameters["objects"] = json!(one);
+        api.insert(
+            GROUP,
+            "secretproviderclasses",
+            spc("team", name, "vault", parameters),
+        );
+        let app = pod(&format!("pod-{name}"), "app-sa");
+        let target = driver.target(&app.uid, "secrets");
+        let result = driver
+            .node()
+            .node_publish_volume(app.publish_with_tokens(&target, name, &api, &["vault"]))
+            .await;
+        match failure {
+            None => {
+                result.unwrap_or_else(|e| panic!("{name}: {}", e.message()));
+                assert_eq!(files(&target)["p"].0, PASSWORD_V2.as_bytes(), "{name}");
+            }
+            Some(code) => {
+                let err = result.unwrap_err();
+                assert_eq!(err.code(), code, "{name}: {}", err.message());
+                assert!(!target.exists());
+            }
+        }
+    }
+    assert_no_leaks(&driver, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_served_provider_gives_the_same_files_as_the_built_in() {
+    if !support::require_root() {
+        return;
+    }
+    let api = FakeApiServer::start().await;
+    let Some(bao) = openbao(&api) else { return };
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_arg = format!(
+        "--version-key-file={}",
+        key_dir.path().join("v.key").display()
+    );
+    let in_process = Driver::start(&api, &[&key_arg]).await;
+    // A node plugin without the built-in, finding `vault.sock` like any plugin.
+    let via_socket = Driver::start(&api, &["--builtin-providers="]).await;
+    let socket = via_socket.provider_dir.join("vault.sock");
+    let mut server = std::process::Command::new(support::DRIVER)
+        .args([
+            "provider",
+            "vault",
+            &format!("--endpoint=unix://{}", socket.display()),
+            &key_arg,
+            "-v=5",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "provider socket never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kv_class(&api, "kv", &bao.addr);
+
+    let mut trees = Vec::new();
+    for (driver, name) in [(&in_process, "web-1"), (&via_socket, "web-2")] {
+        let app = pod(name, "app-sa");
+        let target = driver.target(&app.uid, "secrets");
+        driver
+            .node()
+            .node_publish_volume(app.publish_with_tokens(&target, "kv", &api, &["vault"]))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {}", e.message()));
+        let mut tree = files(&target);
+        // The response envelope carries a per-request id.
+        tree.remove("whole.json");
+        trees.push(tree);
+    }
+    assert_eq!(trees[0], trees[1]);
+    let versions: Vec<Vec<Value>> = api
+        .list(GROUP, "secretproviderclasspodstatuses")
+        .iter()
+        .map(|s| {
+            let mut objects = s["status"]["objects"].as_array().unwrap().clone();
+            objects.retain(|o| o["id"] != "whole.json");
+            objects
+        })
+        .collect();
+    assert_eq!(
+        versions[0], versions[1],
+        "the same key gives the same versions"
+    );
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(server.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(server.wait().unwrap().success());
+    assert!(
+        !socket.exists(),
+        "the provider removes its socket on shutdown"
+    );
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut logs).unwrap();
+    for value in [PASSWORD_V1, PASSWORD_V2, LEGACY, ROOT_TOKEN] {
+        assert!(!logs.contains(value), "the provider logged a secret");
+    }
+    assert_no_leaks(&in_process, &[]);
+    assert_no_leaks(&via_socket, &[]);
+}
