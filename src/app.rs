@@ -325,7 +325,9 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     let target = std::path::absolute(&args.target)?;
     let request = mount_request(&args, &name, &namespace, target.clone());
 
-    let published = publish::publish(&ctx, &request, Mode::Refresh).await?;
+    let published = publish::publish(&ctx, &request, Mode::Refresh)
+        .await
+        .map_err(|err| anyhow::anyhow!(csi_message(&err)))?;
     let backing = if tmpfs {
         "tmpfs"
     } else {

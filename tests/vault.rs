@@ -96,47 +96,21 @@ fn pod(name: &str, service_account: &str) -> Pod {
     pod
 }
 
-/// The README's KV example, with every output form.
-const KV_OBJECTS: &str = r#"
-- objectName: password
-  secretPath: secret/data/app
-  secretKey: password
-- objectName: password-v1
-  secretPath: secret/data/app?version=1
-  secretKey: password
-- objectName: legacy
-  secretPath: v1/kv/legacy
-  secretKey: token
-  filePermission: 0600
-- objectName: whole.json
-  secretPath: /v1/secret/data/app
-- objectName: binary
-  secretPath: secret/data/blob
-  secretKey: b64
-  encoding: base64
-- objectName: binary-hex
-  secretPath: secret/data/blob
-  secretKey: hex
-  encoding: hex
-- objectName: count
-  secretPath: secret/data/typed
-  secretKey: count
-- objectName: nested.json
-  secretPath: secret/data/typed
-  secretKey: nested
-"#;
+/// An SPC from `examples/` (the README shows the same files), pointed at `address`.
+fn example(file: &str, address: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(file);
+    let mut class: Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    class["spec"]["parameters"]["vaultAddress"] = json!(address);
+    class
+}
 
+/// Stores `examples/vault.yaml` (every KV output form) as class `name`.
 fn kv_class(api: &FakeApiServer, name: &str, address: &str) {
-    api.insert(
-        GROUP,
-        "secretproviderclasses",
-        spc(
-            "team",
-            name,
-            "vault",
-            json!({"roleName": "app", "vaultAddress": address, "objects": KV_OBJECTS}),
-        ),
-    );
+    let mut class = example("vault.yaml", address);
+    class["metadata"]["name"] = json!(name);
+    api.insert(GROUP, "secretproviderclasses", class);
 }
 
 fn files(target: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
@@ -297,39 +271,16 @@ async fn pki_issue_splits_into_certificate_and_key_with_one_request() {
         "generate_lease=true",
     ]);
     let driver = Driver::start(&api, &[]).await;
-    let objects = r#"
-- objectName: tls.crt
-  secretPath: pki/issue/web
-  method: PUT
-  secretArgs:
-    common_name: web.example.com
-    ttl: 10m
-  secretKey: certificate
-- objectName: tls.key
-  secretPath: pki/issue/web
-  method: PUT
-  secretArgs:
-    common_name: web.example.com
-    ttl: 10m
-  secretKey: private_key
-  filePermission: 0400
-- objectName: other.crt
-  secretPath: pki/issue/web
-  method: PUT
-  secretArgs:
-    common_name: other.example.com
-  secretKey: certificate
-"#;
-    api.insert(
-        GROUP,
-        "secretproviderclasses",
-        spc(
-            "team",
-            "tls",
-            "vault",
-            json!({"roleName": "app", "vaultAddress": bao.addr, "objects": objects}),
-        ),
+    let mut class = example("vault-pki.yaml", &bao.addr);
+    class["metadata"]["name"] = json!("tls");
+    // Same path and method, other arguments: must be a request of its own.
+    let objects = format!(
+        "{}- {{objectName: other.crt, secretPath: pki/issue/web, method: PUT, \
+         secretArgs: {{common_name: other.example.com}}, secretKey: certificate}}\n",
+        class["spec"]["parameters"]["objects"].as_str().unwrap()
     );
+    class["spec"]["parameters"]["objects"] = json!(objects);
+    api.insert(GROUP, "secretproviderclasses", class);
     let mut certificates = Vec::new();
     for name in ["web-1", "web-2"] {
         let app = pod(name, "app-sa");
@@ -864,4 +815,56 @@ async fn the_socket_served_provider_gives_the_same_files_as_the_built_in() {
     }
     assert_no_leaks(&in_process, &[]);
     assert_no_leaks(&via_socket, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mount_command_reads_vault_with_a_token_from_the_environment() {
+    let api = FakeApiServer::start().await;
+    let Some(bao) = openbao(&api) else { return };
+    let token = bao.bao(&["token", "create", "-policy=app", "-field=token"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut class = example("vault.yaml", &bao.addr);
+    let parameters = class["spec"]["parameters"].as_object_mut().unwrap();
+    parameters.remove("vaultAddress");
+    parameters.remove("roleName");
+    let class_file = dir.path().join("class.yaml");
+    std::fs::write(&class_file, serde_json::to_string(&class).unwrap()).unwrap();
+    let target = dir.path().join("out");
+    let run = |vault_token: Option<&str>| {
+        let mut command = std::process::Command::new(support::DRIVER);
+        command
+            .args(["mount", "--plain-dir", "--class"])
+            .arg(&class_file)
+            .arg("--target")
+            .arg(&target)
+            .env("VAULT_ADDR", &bao.addr)
+            .env_remove("VAULT_TOKEN");
+        if let Some(token) = vault_token {
+            command.env("VAULT_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+
+    let missing = run(None);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("no Vault credentials"), "{stderr}");
+    assert!(!target.exists());
+
+    let output = run(Some(token.trim()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("(provider vault)"), "{stdout}");
+    assert_eq!(
+        std::fs::read(target.join("password")).unwrap(),
+        PASSWORD_V2.as_bytes()
+    );
+    assert_eq!(std::fs::read(target.join("binary")).unwrap(), BINARY);
+    for value in [PASSWORD_V1, PASSWORD_V2, LEGACY, token.trim()] {
+        assert!(
+            !stdout.contains(value) && !stderr.contains(value),
+            "the mount command printed a secret"
+        );
+    }
 }

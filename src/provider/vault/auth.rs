@@ -191,6 +191,7 @@ impl Auth {
         pod_tokens: Option<&SecretString>,
         deadline: Instant,
     ) -> Result<(VaultToken, Duration), ProviderError> {
+        let jwt = self.jwt(config, pod_tokens)?;
         let role = config
             .role
             .as_deref()
@@ -201,7 +202,6 @@ impl Auth {
                       the pod's service account logs in as"
                         .to_owned(),
             })?;
-        let jwt = self.jwt(config, pod_tokens)?;
         let body =
             Secret::new(serde_json::json!({ "jwt": jwt.expose(), "role": role }).to_string());
         let path = format!("/v1/auth/{}/login", config.auth_mount);
