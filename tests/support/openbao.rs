@@ -62,18 +62,24 @@ fn free_port_pair() -> u16 {
 }
 
 impl OpenBao {
-    /// Starts a plain-HTTP dev server, or returns `None` (skip) when `bao` is not installed
-    /// outside CI.
+    /// Starts a plain-HTTP dev server that records every request (see [`OpenBao::requests`]),
+    /// or returns `None` (skip) when `bao` is not installed outside CI.
     pub fn start() -> Option<Self> {
-        Self::launch(false)
+        Self::launch(false, true)
     }
 
     /// Starts a dev server with its generated TLS certificate (CA in `ca_cert`).
     pub fn start_tls() -> Option<Self> {
-        Self::launch(true)
+        Self::launch(true, true)
     }
 
-    fn launch(tls: bool) -> Option<Self> {
+    /// Starts a plain-HTTP dev server without the audit log, whose hashing and writing would
+    /// dominate latency measurements.
+    pub fn start_unaudited() -> Option<Self> {
+        Self::launch(false, false)
+    }
+
+    fn launch(tls: bool, audit: bool) -> Option<Self> {
         let Some(bin) = bao_binary() else {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -104,10 +110,12 @@ impl OpenBao {
             .arg(format!("-dev-root-token-id={ROOT_TOKEN}"))
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
             .arg("-dev-no-store-token")
-            .arg(format!("-config={}", config.display()))
             .env("HOME", dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if audit {
+            command.arg(format!("-config={}", config.display()));
+        }
         if tls {
             command
                 .arg("-dev-tls")
