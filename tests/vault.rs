@@ -868,3 +868,16 @@ async fn the_mount_command_reads_vault_with_a_token_from_the_environment() {
         );
     }
 }
+
+#[test]
+fn the_readme_shows_the_tested_vault_examples_verbatim() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for example in ["vault.yaml", "vault-pki.yaml", "vault-jwt.yaml"] {
+        let text = std::fs::read_to_string(root.join("examples").join(example)).unwrap();
+        assert!(
+            readme.contains(&format!("```yaml\n{text}```")),
+            "README.md must show examples/{example} verbatim"
+        );
+    }
+}
