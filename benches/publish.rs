@@ -10,19 +10,10 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Driver, FakeApiServer, Pod, spc, unpublish};
+use support::{Driver, FakeApiServer, Pod, ms, percentile, spc, unpublish};
 
 const OBJECTS: usize = 50;
 const VOLUMES_FOR_RSS: usize = 250;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
-}
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {

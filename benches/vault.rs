@@ -19,20 +19,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use support::openbao::OpenBao;
-use support::{Driver, FakeApiServer, Pod, service_account, spc, unpublish};
+use support::{Driver, FakeApiServer, Pod, ms, percentile, service_account, spc, unpublish};
 
 const GROUP: &str = "secrets-store.csi.x-k8s.io";
 const SIZES: [usize; 3] = [1, 10, 50];
 const PODS: usize = 50;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
 
 fn objects(count: usize) -> String {
     (0..count)
@@ -154,7 +145,7 @@ async fn latency(api: &FakeApiServer, bao: &OpenBao, iterations: usize) {
         for i in 0..iterations {
             let pod = pod(size * 100_000 + i);
             let target = driver.target(&pod.uid, "secrets");
-            let request = pod.publish_with_tokens(&target, &class, &api, &["vault"]);
+            let request = pod.publish_with_tokens(&target, &class, api, &["vault"]);
             let started = Instant::now();
             node.node_publish_volume(request).await.unwrap();
             publishes.push(started.elapsed());
@@ -202,7 +193,7 @@ async fn backend_load(api: &FakeApiServer, bao: &OpenBao) {
     );
     for (label, ttl) in [("30s (default)", "30s"), ("off (0s)", "0s")] {
         let driver = Driver::start(
-            &api,
+            api,
             &[
                 &format!("--vault-address={}", bao.addr),
                 &format!("--vault-read-cache-ttl={ttl}"),
@@ -214,7 +205,7 @@ async fn backend_load(api: &FakeApiServer, bao: &OpenBao) {
             let publishes = batch.iter().map(|&i| {
                 let pod = pod(900_000 + i);
                 let target = driver.target(&pod.uid, "five");
-                let request = pod.publish_with_tokens(&target, "five", &api, &["vault"]);
+                let request = pod.publish_with_tokens(&target, "five", api, &["vault"]);
                 let mut node = driver.node();
                 async move { node.node_publish_volume(request).await }
             });

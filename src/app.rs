@@ -66,6 +66,15 @@ fn version_key(path: Option<&Path>) -> VersionKey {
     }
 }
 
+/// `--version-key-file`, else `default_name` next to the socket: a node-local directory that
+/// the DaemonSet already keeps across restarts.
+fn key_file_path(flag: Option<&Path>, socket: &Path, default_name: &str) -> PathBuf {
+    match flag {
+        Some(path) => path.to_owned(),
+        None => socket.parent().unwrap_or(Path::new("/")).join(default_name),
+    }
+}
+
 fn vault_provider(
     args: &VaultArgs,
     credentials: Credentials,
@@ -118,17 +127,11 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     let socket = csi::socket_path(&args.endpoint)?;
-    let key_file = args
-        .version_key
-        .version_key_file
-        .clone()
-        .unwrap_or_else(|| {
-            socket
-                .parent()
-                .unwrap_or(Path::new("/"))
-                .join("version.key")
-        });
-    let key = version_key(Some(&key_file));
+    let key = version_key(Some(&key_file_path(
+        args.version_key.version_key_file.as_deref(),
+        &socket,
+        "version.key",
+    )));
 
     let mut providers = registry(&args.providers);
     for name in args.builtin_providers.iter().map(|n| n.trim()) {
@@ -388,17 +391,11 @@ fn mount_credentials(args: &MountArgs) -> anyhow::Result<Credentials> {
 /// `provider NAME --endpoint`: serves a built-in provider on a plugin socket until signalled.
 async fn run_provider(args: ProviderServeArgs) -> anyhow::Result<()> {
     let socket = csi::socket_path(&args.endpoint)?;
-    let key_file = args
-        .version_key
-        .version_key_file
-        .clone()
-        .unwrap_or_else(|| {
-            socket
-                .parent()
-                .unwrap_or(Path::new("/"))
-                .join(format!("{}.version.key", args.name))
-        });
-    let key = version_key(Some(&key_file));
+    let key = version_key(Some(&key_file_path(
+        args.version_key.version_key_file.as_deref(),
+        &socket,
+        &format!("{}.version.key", args.name),
+    )));
     let provider: Arc<dyn Provider> = match args.name.as_str() {
         vault::NAME => Arc::new(vault_provider(&args.vault, Credentials::PodToken, key)),
         other => bail!("{other:?} is not a built-in provider that can be served; use: vault"),

@@ -301,6 +301,17 @@ impl Pod {
     }
 }
 
+/// The `p` quantile (0.0 to 1.0) of sorted durations, for the benchmark tables.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+/// A duration as milliseconds for the benchmark tables.
+pub fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
 /// Stores a service account, as tokens can only be issued for existing ones.
 pub fn service_account(api: &FakeApiServer, namespace: &str, name: &str) {
     api.insert(

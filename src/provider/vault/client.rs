@@ -96,7 +96,6 @@ pub enum TransportError {
 #[derive(Default)]
 pub struct Transport {
     clients: Mutex<HashMap<TlsConfig, HttpClient>>,
-    requests: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Transport {
@@ -106,11 +105,6 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// HTTP requests sent so far, retries included.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     fn client(&self, tls: &TlsConfig) -> Result<HttpClient, TransportError> {
         let mut clients = self
             .clients
@@ -138,8 +132,6 @@ impl Transport {
         let mut attempt = 1;
         loop {
             let request = build_request(call, &uri)?;
-            self.requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let remaining = deadline.saturating_duration_since(Instant::now());
             let outcome = tokio::time::timeout(remaining, send_once(&client, request)).await;
             let retry_reason = match outcome {
@@ -228,7 +220,7 @@ async fn send_once(
     let response = client
         .request(request)
         .await
-        .map_err(|err| error_chain(&err))?;
+        .map_err(|err| crate::csi::full_message(&err))?;
     let status = response.status().as_u16();
     let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
         .collect()
@@ -239,19 +231,6 @@ async fn send_once(
         status,
         body: crate::redact::Secret::new(body),
     })
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message = format!("{message}: {text}");
-        }
-        source = cause.source();
-    }
-    message
 }
 
 fn build_client(tls: &TlsConfig) -> Result<HttpClient, String> {

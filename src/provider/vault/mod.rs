@@ -90,11 +90,6 @@ impl VaultProvider {
         }
     }
 
-    /// HTTP requests sent to Vault so far (benchmarks and tests).
-    pub fn requests_sent(&self) -> u64 {
-        self.transport.requests()
-    }
-
     async fn fetch(&self, login: &Login<'_>, request: &ReadRequest) -> Fetched {
         let share = request.method == "GET" && !self.settings.read_cache_ttl.is_zero();
         if !share {

@@ -84,24 +84,31 @@ impl ReadFailure {
     }
 }
 
+/// `err` (a login or transport failure met while reading) with the object's name in front.
 fn clone_error(err: &ProviderError, object: &str) -> ProviderError {
-    let message = format!("couldn't read secret {object:?}: {err}");
     let provider = NAME.to_owned();
+    let named = |message: &str| format!("couldn't read secret {object:?}: {message}");
     match err {
-        ProviderError::Unauthenticated { .. } => {
-            ProviderError::Unauthenticated { provider, message }
-        }
-        ProviderError::BackendUnavailable { .. } => {
-            ProviderError::BackendUnavailable { provider, message }
-        }
-        ProviderError::BackendTimeout { .. } => ProviderError::BackendTimeout { provider, message },
-        ProviderError::InvalidParameters { .. } => {
-            ProviderError::InvalidParameters { provider, message }
-        }
-        ProviderError::PermissionDenied { .. } => {
-            ProviderError::PermissionDenied { provider, message }
-        }
-        _ => ProviderError::Backend { provider, message },
+        ProviderError::Unauthenticated { message, .. } => ProviderError::Unauthenticated {
+            provider,
+            message: named(message),
+        },
+        ProviderError::BackendUnavailable { message, .. } => ProviderError::BackendUnavailable {
+            provider,
+            message: named(message),
+        },
+        ProviderError::BackendTimeout { message, .. } => ProviderError::BackendTimeout {
+            provider,
+            message: named(message),
+        },
+        ProviderError::InvalidParameters { message, .. } => ProviderError::InvalidParameters {
+            provider,
+            message: named(message),
+        },
+        other => ProviderError::Backend {
+            provider,
+            message: named(&other.to_string()),
+        },
     }
 }
 
