@@ -611,7 +611,7 @@ async fn a_revoked_cached_token_is_replaced_by_one_fresh_login() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vault_down_during_rotation_keeps_the_mounted_files() {
+async fn rotation_follows_changed_values_and_keeps_the_files_when_vault_is_down() {
     if !support::require_root() {
         return;
     }
@@ -634,6 +634,33 @@ async fn vault_down_during_rotation_keeps_the_mounted_files() {
         .node_publish_volume(app.publish_with_tokens(&target, "kv", &api, &["vault"]))
         .await
         .unwrap();
+    let status = |api: &FakeApiServer| {
+        versions_of(
+            &api.list(GROUP, "secretproviderclasspodstatuses")
+                .pop()
+                .unwrap(),
+        )
+    };
+    let first = status(&api);
+
+    // A changed value is swapped in after the interval; only its version changes.
+    const ROTATED: &str = "rotated-password-6d21";
+    bao.bao(&[
+        "kv",
+        "put",
+        "secret/app",
+        "username=admin",
+        &format!("password={ROTATED}"),
+    ]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let request = app.publish_with_tokens(&target, "kv", &api, &["vault"]);
+    driver.node().node_publish_volume(request).await.unwrap();
+    assert_eq!(files(&target)["password"].0, ROTATED.as_bytes());
+    let second = status(&api);
+    assert_ne!(first["password"], second["password"]);
+    for unchanged in ["password-v1", "legacy", "binary", "count"] {
+        assert_eq!(first[unchanged], second[unchanged], "{unchanged}");
+    }
     let before = files(&target);
 
     bao.stop();
@@ -650,6 +677,44 @@ async fn vault_down_during_rotation_keeps_the_mounted_files() {
         logs.contains("is unreachable"),
         "the failure is logged: {logs}"
     );
+    assert_no_leaks(&driver, &[ROTATED]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_renewed_before_it_expires_instead_of_logging_in_again() {
+    if !support::require_root() {
+        return;
+    }
+    let api = FakeApiServer::start().await;
+    let Some(bao) = openbao(&api) else { return };
+    bao.bao(&[
+        "write",
+        "auth/kubernetes/role/app",
+        "bound_service_account_names=app-sa",
+        "bound_service_account_namespaces=team",
+        "audience=vault",
+        "token_policies=app",
+        "token_ttl=6s",
+        "token_max_ttl=1h",
+    ]);
+    let driver = Driver::start(&api, &["--vault-read-cache-ttl=0s"]).await;
+    kv_class(&api, "kv", &bao.addr);
+    let mark = bao.requests().len();
+    for (name, wait) in [("web-1", 0), ("web-2", 4500), ("web-3", 0)] {
+        // Past two thirds of the 6 s TTL, the next mount renews the token.
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let app = pod(name, "app-sa");
+        let target = driver.target(&app.uid, "secrets");
+        driver
+            .node()
+            .node_publish_volume(app.publish_with_tokens(&target, "kv", &api, &["vault"]))
+            .await
+            .unwrap();
+    }
+    let requests = bao.requests().split_off(mark);
+    let count = |path: &str| requests.iter().filter(|(_, p)| p == path).count();
+    assert_eq!(count("auth/kubernetes/login"), 1, "{requests:?}");
+    assert_eq!(count("auth/token/renew-self"), 1, "{requests:?}");
     assert_no_leaks(&driver, &[]);
 }
 

@@ -147,7 +147,7 @@ impl Auth {
     ) -> Result<(VaultToken, Duration), ProviderError> {
         let still_valid = |t: &VaultToken| {
             t.expires_at
-                .is_some_and(|at| at > Instant::now() + Duration::from_secs(5))
+                .is_some_and(|at| at > Instant::now() + Duration::from_secs(1))
         };
         if let Some(stale) = stale.filter(|t| t.renewable && still_valid(t)) {
             match self.renew(config, &stale.token, deadline).await {
