@@ -467,7 +467,19 @@ async fn every_failure_has_its_code_and_message_and_leaves_nothing_behind() {
             "object \"a\": encoding: invalid encoding type",
         ),
     ];
-    for (name, parameters, service_account, code, message) in cases {
+    // Last: a sealed Vault answers 503 to everything; the read is retried with backoff, then
+    // reported (the workload's token is cached from the cases above).
+    let sealed: (&str, Value, &str, Code, &str) = (
+        "sealed",
+        json!({"roleName": "app", "objects": one("secret/data/blob", "  secretKey: hex\n")}),
+        "app-sa",
+        Code::Unavailable,
+        "kept failing for /v1/secret/data/blob (HTTP 503: Vault is sealed)",
+    );
+    for (name, parameters, service_account, code, message) in cases.into_iter().chain([sealed]) {
+        if name == "sealed" {
+            bao.bao(&["operator", "seal"]);
+        }
         api.insert(
             GROUP,
             "secretproviderclasses",
