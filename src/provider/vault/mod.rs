@@ -58,10 +58,13 @@ pub struct VaultProvider {
     settings: Settings,
     transport: Arc<Transport>,
     auth: Auth,
-    reads: SharedCache<(Identity, ReadRequest), Arc<Value>>,
+    reads: SharedCache<(Identity, ReadRequest), Response>,
 }
 
-type Fetched = Result<Arc<Value>, ReadFailure>;
+/// A Vault response; it holds secret values, so it is only reachable through `expose`.
+type Response = Arc<Secret<Value>>;
+
+type Fetched = Result<Response, ReadFailure>;
 
 /// One mount's session with Vault.
 struct Login<'a> {
@@ -101,7 +104,7 @@ impl VaultProvider {
         self.reads
             .get_or_fetch(&key, |_| async {
                 let response = self.send_read(login, request).await?;
-                let fresh_for = if read::shareable(&response) {
+                let fresh_for = if read::shareable(response.expose()) {
                     ttl
                 } else {
                     Duration::ZERO
@@ -151,7 +154,8 @@ impl VaultProvider {
                 fresh = true;
                 continue;
             }
-            return read::classify(reply.status, reply.body.expose(), reply.errors()).map(Arc::new);
+            return read::classify(reply.status, reply.body.expose(), reply.errors())
+                .map(|response| Arc::new(Secret::new(response)));
         }
     }
 }
@@ -192,7 +196,7 @@ impl Provider for VaultProvider {
                 Ok(response) => response,
                 Err(failure) => return Err(failure.for_object(object, &config.address, role)),
             };
-            let contents = read::contents(object, response)?;
+            let contents = read::contents(object, response.expose())?;
             let settings = format!(
                 "{}\0{}\0{}\0{}\0{:?}\0{:?}",
                 object.request.method,
