@@ -176,7 +176,11 @@ async fn kv_secrets_mount_through_the_csi_socket_with_kubernetes_auth() {
     let target = driver.target(&app.uid, "secrets");
     let request = app.publish_with_tokens(&target, "kv", &api, &["vault"]);
     let tokens = request.volume_context["csi.storage.k8s.io/serviceAccount.tokens"].clone();
-    driver.node().node_publish_volume(request).await.unwrap();
+    driver
+        .node()
+        .node_publish_volume(request)
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.message()));
 
     assert!(mount_line(&target).unwrap().contains(" tmpfs "));
     let files = files(&target);
@@ -212,7 +216,7 @@ async fn kv_secrets_mount_through_the_csi_socket_with_kubernetes_auth() {
         .node()
         .node_publish_volume(again.publish_with_tokens(&target2, "kv", &api, &["vault"]))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{}", e.message()));
     let status = api
         .list(GROUP, "secretproviderclasspodstatuses")
         .into_iter()
