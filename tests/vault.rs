@@ -955,3 +955,65 @@ fn the_readme_shows_the_tested_vault_examples_verbatim() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_namespace_scopes_the_login_and_the_reads() {
+    if !support::require_root() {
+        return;
+    }
+    let api = FakeApiServer::start().await;
+    let Some(bao) = openbao(&api) else { return };
+    const TENANT_VALUE: &str = "tenant-password-27aa";
+    let ns = Some("tenant");
+    bao.bao(&["namespace", "create", "tenant"]);
+    bao.bao_in(ns, &["secrets", "enable", "-path=secret", "kv-v2"]);
+    bao.bao_in(
+        ns,
+        &[
+            "kv",
+            "put",
+            "secret/app",
+            &format!("password={TENANT_VALUE}"),
+        ],
+    );
+    let policy = bao.dir.path().join("tenant.hcl");
+    std::fs::write(
+        &policy,
+        r#"path "secret/data/app" { capabilities = ["read"] }"#,
+    )
+    .unwrap();
+    bao.bao_in(
+        ns,
+        &["policy", "write", "tenant-app", policy.to_str().unwrap()],
+    );
+    bao.enable_kubernetes_auth_in(ns, &api.url);
+    bao.kubernetes_role_in(ns, "tenant-role", "team", "app-sa", "tenant-app");
+    let driver = Driver::start(&api, &[&format!("--vault-address={}", bao.addr)]).await;
+    let objects = "- {objectName: password, secretPath: secret/data/app, secretKey: password}\n";
+    for (class, parameters) in [
+        (
+            "tenant",
+            json!({"roleName": "tenant-role", "vaultNamespace": "tenant", "objects": objects}),
+        ),
+        ("root", json!({"roleName": "app", "objects": objects})),
+    ] {
+        api.insert(
+            GROUP,
+            "secretproviderclasses",
+            spc("team", class, "vault", parameters),
+        );
+    }
+    let mut contents = Vec::new();
+    for class in ["tenant", "root"] {
+        let app = pod(&format!("pod-{class}"), "app-sa");
+        let target = driver.target(&app.uid, "secrets");
+        driver
+            .node()
+            .node_publish_volume(app.publish_with_tokens(&target, class, &api, &["vault"]))
+            .await
+            .unwrap_or_else(|e| panic!("{class}: {}", e.message()));
+        contents.push(files(&target)["password"].0.clone());
+    }
+    assert_eq!(contents, [TENANT_VALUE.as_bytes(), PASSWORD_V2.as_bytes()]);
+    assert_no_leaks(&driver, &[TENANT_VALUE]);
+}

@@ -145,6 +145,10 @@ impl OpenBao {
 
     /// Runs the `bao` CLI as root against this server.
     pub fn try_bao(&self, args: &[&str]) -> Result<String, String> {
+        self.run(None, args)
+    }
+
+    fn run(&self, vault_namespace: Option<&str>, args: &[&str]) -> Result<String, String> {
         let mut command = Command::new(&self.bin);
         command
             .args(args)
@@ -152,6 +156,9 @@ impl OpenBao {
             .env("BAO_TOKEN", ROOT_TOKEN)
             .env("HOME", self.dir.path())
             .env_remove("BAO_NAMESPACE");
+        if let Some(namespace) = vault_namespace {
+            command.env("BAO_NAMESPACE", namespace);
+        }
         if let Some(ca) = &self.ca_cert {
             command.env("BAO_CACERT", ca);
         }
@@ -165,8 +172,7 @@ impl OpenBao {
 
     /// Runs the `bao` CLI and panics with its error output on failure.
     pub fn bao(&self, args: &[&str]) -> String {
-        self.try_bao(args)
-            .unwrap_or_else(|err| panic!("bao {args:?} failed: {err}"))
+        self.bao_in(None, args)
     }
 
     /// Writes `policy` (HCL) under `name`.
@@ -178,14 +184,22 @@ impl OpenBao {
 
     /// Enables Kubernetes auth at `kubernetes/`, validating tokens with `api`'s TokenReview.
     pub fn enable_kubernetes_auth(&self, api_url: &str) {
-        self.bao(&["auth", "enable", "kubernetes"]);
-        self.bao(&[
-            "write",
-            "auth/kubernetes/config",
-            &format!("kubernetes_host={api_url}"),
-            &format!("kubernetes_ca_cert={UNUSED_API_CA}"),
-            "disable_local_ca_jwt=true",
-        ]);
+        self.enable_kubernetes_auth_in(None, api_url);
+    }
+
+    /// The same inside an OpenBao namespace.
+    pub fn enable_kubernetes_auth_in(&self, vault_namespace: Option<&str>, api_url: &str) {
+        self.bao_in(vault_namespace, &["auth", "enable", "kubernetes"]);
+        self.bao_in(
+            vault_namespace,
+            &[
+                "write",
+                "auth/kubernetes/config",
+                &format!("kubernetes_host={api_url}"),
+                &format!("kubernetes_ca_cert={UNUSED_API_CA}"),
+                "disable_local_ca_jwt=true",
+            ],
+        );
     }
 
     /// A Kubernetes auth role binding one service account to `policies`, audience `vault`.
@@ -196,15 +210,36 @@ impl OpenBao {
         service_account: &str,
         policies: &str,
     ) {
-        self.bao(&[
-            "write",
-            &format!("auth/kubernetes/role/{role}"),
-            &format!("bound_service_account_names={service_account}"),
-            &format!("bound_service_account_namespaces={namespace}"),
-            "audience=vault",
-            &format!("token_policies={policies}"),
-            "token_ttl=1h",
-        ]);
+        self.kubernetes_role_in(None, role, namespace, service_account, policies);
+    }
+
+    /// The same inside an OpenBao namespace.
+    pub fn kubernetes_role_in(
+        &self,
+        vault_namespace: Option<&str>,
+        role: &str,
+        namespace: &str,
+        service_account: &str,
+        policies: &str,
+    ) {
+        self.bao_in(
+            vault_namespace,
+            &[
+                "write",
+                &format!("auth/kubernetes/role/{role}"),
+                &format!("bound_service_account_names={service_account}"),
+                &format!("bound_service_account_namespaces={namespace}"),
+                "audience=vault",
+                &format!("token_policies={policies}"),
+                "token_ttl=1h",
+            ],
+        );
+    }
+
+    /// Runs `bao` inside an OpenBao namespace (none: the root namespace).
+    pub fn bao_in(&self, vault_namespace: Option<&str>, args: &[&str]) -> String {
+        self.run(vault_namespace, args)
+            .unwrap_or_else(|err| panic!("bao {args:?} in {vault_namespace:?} failed: {err}"))
     }
 
     /// `(operation, path)` of every request served so far, in order; take the length before
