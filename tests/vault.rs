@@ -90,6 +90,29 @@ fn configure(bao: &OpenBao, api: &FakeApiServer) {
     bao.kubernetes_role("other", "team", "other-sa", "other");
 }
 
+/// JWT auth at `jwt/` trusting the fake API server's signing key, and role `app-jwt` for the
+/// subject team/app-sa with audience `custom-aud` (as in `examples/vault-jwt.yaml`).
+fn enable_jwt_auth(bao: &OpenBao, api: &FakeApiServer) {
+    bao.bao(&["auth", "enable", "jwt"]);
+    let key = bao.dir.path().join("sa.pub");
+    std::fs::write(&key, api.token_public_key_pem()).unwrap();
+    bao.bao(&[
+        "write",
+        "auth/jwt/config",
+        &format!("jwt_validation_pubkeys=@{}", key.display()),
+        &format!("bound_issuer={}", support::apiserver::ISSUER),
+    ]);
+    bao.bao(&[
+        "write",
+        "auth/jwt/role/app-jwt",
+        "role_type=jwt",
+        "bound_audiences=custom-aud",
+        "user_claim=sub",
+        "bound_subject=system:serviceaccount:team:app-sa",
+        "token_policies=app",
+    ]);
+}
+
 fn pod(name: &str, service_account: &str) -> Pod {
     let mut pod = Pod::new(name, "team");
     pod.service_account = service_account.to_owned();
@@ -320,24 +343,7 @@ async fn jwt_auth_logs_in_with_the_pods_token() {
     }
     let api = FakeApiServer::start().await;
     let Some(bao) = openbao(&api) else { return };
-    bao.bao(&["auth", "enable", "jwt"]);
-    let key = bao.dir.path().join("sa.pub");
-    std::fs::write(&key, api.token_public_key_pem()).unwrap();
-    bao.bao(&[
-        "write",
-        "auth/jwt/config",
-        &format!("jwt_validation_pubkeys=@{}", key.display()),
-        &format!("bound_issuer={}", support::apiserver::ISSUER),
-    ]);
-    bao.bao(&[
-        "write",
-        "auth/jwt/role/app-jwt",
-        "role_type=jwt",
-        "bound_audiences=custom-aud",
-        "user_claim=sub",
-        "bound_subject=system:serviceaccount:team:app-sa",
-        "token_policies=app",
-    ]);
+    enable_jwt_auth(&bao, &api);
     let driver = Driver::start(&api, &[&format!("--vault-address={}", bao.addr)]).await;
     let objects = "- objectName: password\n  secretPath: secret/data/app\n  secretKey: password\n";
     api.insert(
@@ -892,7 +898,7 @@ async fn the_socket_served_provider_gives_the_same_files_as_the_built_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_mount_command_reads_vault_with_a_token_from_the_environment() {
+async fn the_mount_command_reads_vault_with_a_token_or_a_jwt_file() {
     let api = FakeApiServer::start().await;
     let Some(bao) = openbao(&api) else { return };
     let token = bao.bao(&["token", "create", "-policy=app", "-field=token"]);
@@ -909,6 +915,7 @@ async fn the_mount_command_reads_vault_with_a_token_from_the_environment() {
         command
             .args(["mount", "--plain-dir", "--class"])
             .arg(&class_file)
+            .env_remove("VAULT_JWT_FILE")
             .arg("--target")
             .arg(&target)
             .env("VAULT_ADDR", &bao.addr)
@@ -941,6 +948,41 @@ async fn the_mount_command_reads_vault_with_a_token_from_the_environment() {
             "the mount command printed a secret"
         );
     }
+
+    // A JWT file and the class's role instead of a token (JWT auth, examples/vault-jwt.yaml).
+    enable_jwt_auth(&bao, &api);
+    let jwt = Pod::new("laptop", "team");
+    let jwt = api.issue_token("team", "app-sa", "custom-aud", (&jwt.name, &jwt.uid));
+    let jwt_file = dir.path().join("jwt");
+    std::fs::write(&jwt_file, &jwt).unwrap();
+    let jwt_class = dir.path().join("jwt-class.yaml");
+    std::fs::write(
+        &jwt_class,
+        serde_json::to_string(&example("vault-jwt.yaml", &bao.addr)).unwrap(),
+    )
+    .unwrap();
+    let jwt_target = dir.path().join("jwt-out");
+    let output = std::process::Command::new(support::DRIVER)
+        .args(["mount", "--plain-dir", "--class"])
+        .arg(&jwt_class)
+        .arg("--target")
+        .arg(&jwt_target)
+        .arg("--vault-jwt-file")
+        .arg(&jwt_file)
+        .env_remove("VAULT_TOKEN")
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{printed}");
+    assert_eq!(
+        std::fs::read(jwt_target.join("password")).unwrap(),
+        PASSWORD_V2.as_bytes()
+    );
+    assert!(!printed.contains(&jwt) && !printed.contains(PASSWORD_V2));
 }
 
 #[test]
