@@ -17,18 +17,9 @@ const VOLUMES_FOR_RSS: usize = 250;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but not root"
-        );
-        println!("publish bench skipped: needs root to mount tmpfs");
+    let Some(iterations) = support::bench_iterations("publish", 200) else {
         return;
-    }
-    let iterations: usize = std::env::var("BENCH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    };
     let api = FakeApiServer::start().await;
     let driver = Driver::start(&api, &["-v=0"]).await;
     let mut source = String::new();

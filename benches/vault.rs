@@ -64,18 +64,9 @@ async fn plain_reads(address: &str, token: &str, count: usize, in_flight: usize)
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but not root"
-        );
-        println!("vault bench skipped: needs root to mount tmpfs");
+    let Some(iterations) = support::bench_iterations("vault", 100) else {
         return;
-    }
-    let iterations: usize = std::env::var("BENCH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+    };
     let api = FakeApiServer::start().await;
     service_account(&api, "team", "app-sa");
     let (Some(bao), Some(audited)) = (OpenBao::start_unaudited(), OpenBao::start()) else {

@@ -301,6 +301,25 @@ impl Pod {
     }
 }
 
+/// A benchmark's iteration count (`BENCH_ITERATIONS`, else `default`), or `None` when it
+/// cannot run here (not root: no tmpfs). Under `CI=true` not being root is a failure.
+pub fn bench_iterations(bench: &str, default: usize) -> Option<usize> {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but not root"
+        );
+        println!("{bench} bench skipped: needs root to mount tmpfs");
+        return None;
+    }
+    Some(
+        std::env::var("BENCH_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
 /// The `p` quantile (0.0 to 1.0) of sorted durations, for the benchmark tables.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
