@@ -9,7 +9,8 @@ use anyhow::{Context as _, bail};
 
 use crate::class::{KubeClasses, StaticClasses};
 use crate::cli::{
-    Cli, Command, MountArgs, NodeArgs, ProviderArgs, ProviderServeArgs, UnmountArgs, VaultArgs,
+    Cli, Command, CrdgenArgs, MountArgs, NodeArgs, ProviderArgs, ProviderServeArgs, UnmountArgs,
+    VaultArgs,
 };
 use crate::crd::SecretProviderClass;
 use crate::csi::{self, DriverInfo, request as attr};
@@ -33,6 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Mount(args)) => run_mount(args).await,
         Some(Command::Unmount(args)) => run_unmount(&args),
         Some(Command::Provider(args)) => run_provider(args).await,
+        Some(Command::Crdgen(args)) => run_crdgen(&args),
         None => bail!("no command given: run `secrets-store-csi-driver --help`"),
     }
 }
@@ -512,6 +514,19 @@ fn report_changes(before: &[ObjectVersion], after: &[ObjectVersion]) {
     if changes == 0 {
         println!("unchanged ({} objects)", new.len());
     }
+}
+
+fn run_crdgen(args: &CrdgenArgs) -> anyhow::Result<()> {
+    let Some(dir) = &args.out_dir else {
+        print!("{}", crate::crd::crds_yaml());
+        return Ok(());
+    };
+    for (name, yaml) in crate::crd::crd_files() {
+        let path = dir.join(name);
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn run_unmount(args: &UnmountArgs) -> anyhow::Result<()> {

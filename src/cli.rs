@@ -36,6 +36,16 @@ pub enum Command {
     Unmount(UnmountArgs),
     /// Serve a built-in provider on a plugin socket, for the upstream driver or another node.
     Provider(ProviderServeArgs),
+    /// Print the CustomResourceDefinitions (YAML) generated from the driver's types.
+    Crdgen(CrdgenArgs),
+}
+
+/// `crdgen` flags.
+#[derive(Debug, Args)]
+pub struct CrdgenArgs {
+    /// Write one file per CRD into this directory instead of printing them.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
 }
 
 /// Settings of the built-in `vault` provider; SecretProviderClass parameters override them.

@@ -3,8 +3,11 @@
 //! The wire format matches the upstream driver's Go types field for field, so existing objects
 //! round-trip unchanged.
 
+mod generate;
 mod pod_status;
 mod provider_class;
+
+pub use generate::{crd_files, crds, crds_yaml};
 
 pub use pod_status::{
     NODE_NAME_LABEL, SecretProviderClassObject, SecretProviderClassPodStatus,

@@ -1,0 +1,480 @@
+//! The install artefacts: CRDs generated from the Rust types and committed, the Helm chart
+//! rendered by Helm's own code (PyPI helm-python-sdk, via `scripts/chart.py`), and `deploy/`
+//! kept identical to the chart's render.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Parser as _;
+use secrets_store_csi_driver::cli::{Cli, Command as CliCommand};
+use serde_json::{Value, json};
+
+const CHART: &str = "charts/secrets-store-csi-driver";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml_documents(text: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(text)
+        .unwrap()
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+#[test]
+fn committed_crds_are_the_ones_generated_from_the_types() {
+    for (name, yaml) in secrets_store_csi_driver::crd::crd_files() {
+        for dir in [format!("{CHART}/crds"), "deploy".to_owned()] {
+            let path = root().join(&dir).join(&name);
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == yaml,
+                "{dir}/{name} is out of date: run `cargo run -- crdgen --out-dir {CHART}/crds` \
+                 and `.tools/venv/bin/python scripts/chart.py deploy`"
+            );
+        }
+    }
+}
+
+/// Checks `value` against a structural OpenAPI schema as the API server would, except that an
+/// unknown field is an error here (the server would silently drop it).
+fn validate(value: &Value, schema: &Value, at: &str) -> Result<(), String> {
+    if value.is_null() && schema["nullable"] == true {
+        return Ok(());
+    }
+    match schema["type"].as_str() {
+        Some("object") => {
+            let object = value.as_object().ok_or(format!("{at}: not an object"))?;
+            for (key, field) in object {
+                let sub = if let Some(property) = schema["properties"].get(key) {
+                    property
+                } else if schema["additionalProperties"].is_object() {
+                    &schema["additionalProperties"]
+                } else if schema["x-kubernetes-preserve-unknown-fields"] == true {
+                    continue;
+                } else {
+                    return Err(format!("{at}.{key}: not in the schema"));
+                };
+                validate(field, sub, &format!("{at}.{key}"))?;
+            }
+            Ok(())
+        }
+        Some("array") => {
+            let items = value.as_array().ok_or(format!("{at}: not an array"))?;
+            for (i, item) in items.iter().enumerate() {
+                validate(item, &schema["items"], &format!("{at}[{i}]"))?;
+            }
+            Ok(())
+        }
+        Some("string") if value.is_string() => Ok(()),
+        Some("boolean") if value.is_boolean() => Ok(()),
+        Some("integer") if value.is_i64() || value.is_u64() => Ok(()),
+        Some(other) => Err(format!("{at}: {value} is not a {other}")),
+        None => Ok(()),
+    }
+}
+
+#[test]
+fn the_crd_schemas_accept_upstream_and_example_classes() {
+    let crds = secrets_store_csi_driver::crd::crds();
+    let class_crd = serde_json::to_value(&crds[0]).unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap() != "quickstart-secrets.yaml")
+        .collect();
+    files.push(root().join("tests/fixtures/upstream-spcs.yaml"));
+    let mut checked = 0;
+    for file in files {
+        for class in yaml_documents(&std::fs::read_to_string(&file).unwrap()) {
+            let version = class["apiVersion"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap();
+            let schema =
+                class_crd["spec"]["versions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|v| v["name"] == version)
+                    .unwrap_or_else(|| panic!("{}: version {version} not served", file.display()))
+                    ["schema"]["openAPIV3Schema"]
+                    .clone();
+            let object = json!({"spec": class["spec"]});
+            validate(&object, &schema, "").unwrap_or_else(|e| {
+                panic!("{} ({}): {e}", file.display(), class["metadata"]["name"])
+            });
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "{checked}");
+    // The validator itself rejects what the schema does not describe.
+    let schema = class_crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+    assert!(validate(&json!({"spec": {"provder": "typo"}}), &schema, "").is_err());
+    assert!(validate(&json!({"spec": {"parameters": {"a": 1}}}), &schema, "").is_err());
+}
+
+/// The tools venv's Python with the Helm SDK, or `None` (skip) outside CI.
+fn helm_python() -> Option<PathBuf> {
+    let python = root().join(".tools/venv/bin/python");
+    let works = python.is_file()
+        && Command::new(&python)
+            .args(["-c", "import helm_python"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if works {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but .tools/venv has no helm-python-sdk: run scripts/test, which installs it"
+    );
+    eprintln!(
+        "skipping: helm-python-sdk is not installed in .tools/venv (scripts/test installs it)"
+    );
+    None
+}
+
+fn chart_script(python: &Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new(python)
+        .arg(root().join("scripts/chart.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn render(python: &Path, values: &Value) -> Vec<Value> {
+    let (ok, text) = chart_script(python, &["render", &values.to_string()]);
+    assert!(ok, "render failed: {text}");
+    yaml_documents(&text)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+}
+
+fn container<'a>(daemonset: &'a Value, name: &str) -> &'a Value {
+    daemonset["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn args(container: &Value) -> Vec<String> {
+    container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The driver's own parser accepts the rendered arguments.
+fn assert_driver_accepts(args: &[String]) {
+    let cli = Cli::try_parse_from(
+        std::iter::once("secrets-store-csi-driver".to_owned()).chain(args.iter().cloned()),
+    )
+    .unwrap_or_else(|e| panic!("the chart's args do not parse: {e}\n{args:?}"));
+    assert!(matches!(cli.command, Some(CliCommand::Node(_))));
+}
+
+#[test]
+fn the_chart_lints_and_renders_upstreams_defaults() {
+    let Some(python) = helm_python() else { return };
+    let (ok, text) = chart_script(&python, &["lint"]);
+    assert!(ok, "helm lint --strict: {text}");
+
+    let docs = render(&python, &json!({}));
+    let driver = find(&docs, "CSIDriver", "secrets-store.csi.k8s.io").unwrap();
+    assert_eq!(driver["spec"]["podInfoOnMount"], true);
+    assert_eq!(driver["spec"]["attachRequired"], false);
+    assert_eq!(driver["spec"]["volumeLifecycleModes"], json!(["Ephemeral"]));
+    assert_eq!(driver["spec"]["requiresRepublish"], false);
+    assert_eq!(
+        driver["spec"]["tokenRequests"],
+        json!([{"audience": "vault"}])
+    );
+    assert!(find(&docs, "ClusterRole", "secretprovidersyncing-role").is_none());
+    for role in [
+        "secretproviderclasses-role",
+        "secretproviderclasses-admin-role",
+        "secretproviderclasses-viewer-role",
+        "secretproviderclasspodstatuses-viewer-role",
+    ] {
+        assert!(find(&docs, "ClusterRole", role).is_some(), "{role}");
+    }
+    let binding = find(
+        &docs,
+        "ClusterRoleBinding",
+        "secretproviderclasses-rolebinding",
+    )
+    .unwrap();
+    assert_eq!(binding["subjects"][0]["name"], "secrets-store-csi-driver");
+    assert!(find(&docs, "ServiceAccount", "secrets-store-csi-driver").is_some());
+    let service = find(&docs, "Service", "csi-secrets-store-metrics").unwrap();
+    assert_eq!(service["spec"]["ports"][0]["port"], 8095);
+
+    let ds = find(&docs, "DaemonSet", "csi-secrets-store").unwrap();
+    let names: Vec<&str> = ds["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["node-driver-registrar", "secrets-store", "liveness-probe"]
+    );
+    let resources = |name: &str| container(ds, name)["resources"].clone();
+    assert_eq!(
+        resources("secrets-store"),
+        json!({"requests": {"cpu": "50m", "memory": "100Mi"}, "limits": {"cpu": "200m", "memory": "200Mi"}})
+    );
+    for sidecar in ["node-driver-registrar", "liveness-probe"] {
+        assert_eq!(
+            resources(sidecar),
+            json!({"requests": {"cpu": "10m", "memory": "20Mi"}, "limits": {"cpu": "100m", "memory": "100Mi"}})
+        );
+    }
+    let store = container(ds, "secrets-store");
+    assert_eq!(store["securityContext"]["privileged"], true);
+    let mounts = store["volumeMounts"].as_array().unwrap();
+    let pods = mounts
+        .iter()
+        .find(|m| m["name"] == "mountpoint-dir")
+        .unwrap();
+    assert_eq!(pods["mountPath"], "/var/lib/kubelet/pods");
+    assert_eq!(pods["mountPropagation"], "Bidirectional");
+    let volumes = ds["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    let host_path = |name: &str| {
+        volumes.iter().find(|v| v["name"] == name).unwrap()["hostPath"]["path"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        host_path("plugin-dir"),
+        "/var/lib/kubelet/plugins/csi-secrets-store/"
+    );
+    assert_eq!(
+        host_path("registration-dir"),
+        "/var/lib/kubelet/plugins_registry/"
+    );
+    assert_eq!(
+        host_path("providers-dir"),
+        "/var/run/secrets-store-csi-providers"
+    );
+    assert_eq!(
+        host_path("providers-dir-0"),
+        "/etc/kubernetes/secrets-store-csi-providers"
+    );
+    let store_args = args(store);
+    for expected in [
+        "--endpoint=$(CSI_ENDPOINT)",
+        "--nodeid=$(KUBE_NODE_NAME)",
+        "--provider-volume=/var/run/secrets-store-csi-providers",
+        "--additional-provider-volume-paths=/etc/kubernetes/secrets-store-csi-providers",
+        "--metrics-addr=:8095",
+        "--enable-secret-rotation=false",
+        "--builtin-providers=vault",
+    ] {
+        assert!(
+            store_args.contains(&expected.to_owned()),
+            "{expected}: {store_args:?}"
+        );
+    }
+    assert_driver_accepts(&store_args);
+    assert!(
+        args(container(ds, "node-driver-registrar")).contains(
+            &"--kubelet-registration-path=/var/lib/kubelet/plugins/csi-secrets-store/csi.sock"
+                .to_owned()
+        )
+    );
+    let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "8095");
+}
+
+#[test]
+fn chart_values_reach_the_csidriver_rbac_and_driver_flags() {
+    let Some(python) = helm_python() else { return };
+    let docs = render(
+        &python,
+        &json!({
+            "syncSecret": {"enabled": true},
+            "enableSecretRotation": true,
+            "rotationPollInterval": "30s",
+            "tokenRequests": [{"audience": "vault"}, {"audience": "sts.amazonaws.com", "expirationSeconds": 3600}],
+            "logVerbosity": 3,
+            "logFormatJSON": true,
+            "providerHealthCheck": true,
+            "linux": {"metricsAddr": ":9095", "kubeletRootDir": "/data/kubelet"},
+            "vault": {
+                "address": "https://vault.vault.svc:8200",
+                "authMount": "k8s-prod",
+                "namespace": "team-a",
+                "tls": {"caConfigMap": "vault-ca", "serverName": "vault.internal"},
+                "readCacheTTL": "0s",
+            },
+        }),
+    );
+    let driver = find(&docs, "CSIDriver", "secrets-store.csi.k8s.io").unwrap();
+    assert_eq!(driver["spec"]["requiresRepublish"], true);
+    assert_eq!(
+        driver["spec"]["tokenRequests"][1]["expirationSeconds"],
+        3600
+    );
+    assert!(find(&docs, "ClusterRole", "secretprovidersyncing-role").is_some());
+    assert!(
+        find(
+            &docs,
+            "ClusterRoleBinding",
+            "secretprovidersyncing-rolebinding"
+        )
+        .is_some()
+    );
+    let ds = find(&docs, "DaemonSet", "csi-secrets-store").unwrap();
+    let store = container(ds, "secrets-store");
+    let store_args = args(store);
+    for expected in [
+        "--enable-secret-rotation=true",
+        "--rotation-poll-interval=30s",
+        "--provider-health-check=true",
+        "-v=3",
+        "--log-format-json=true",
+        "--metrics-addr=:9095",
+        "--vault-address=https://vault.vault.svc:8200",
+        "--vault-mount=k8s-prod",
+        "--vault-namespace=team-a",
+        "--vault-tls-ca-cert=/etc/secrets-store-csi-driver/vault-ca/ca.crt",
+        "--vault-tls-server-name=vault.internal",
+        "--vault-read-cache-ttl=0s",
+    ] {
+        assert!(
+            store_args.contains(&expected.to_owned()),
+            "{expected}: {store_args:?}"
+        );
+    }
+    assert_driver_accepts(&store_args);
+    assert!(
+        store["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "vault-ca")
+    );
+    let pods = store["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "mountpoint-dir")
+        .unwrap();
+    assert_eq!(pods["mountPath"], "/data/kubelet/pods");
+    let ports = store["ports"].as_array().unwrap();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["name"] == "metrics" && p["containerPort"] == 9095)
+    );
+
+    // Without the built-in Vault provider, `vault` is looked up as a plugin socket.
+    let docs = render(&python, &json!({"vault": {"enabled": false}}));
+    let ds = find(&docs, "DaemonSet", "csi-secrets-store").unwrap();
+    let store_args = args(container(ds, "secrets-store"));
+    assert!(store_args.contains(&"--builtin-providers=".to_owned()));
+    assert!(!store_args.iter().any(|a| a.starts_with("--vault-")));
+    assert_driver_accepts(&store_args);
+}
+
+#[test]
+fn deploy_is_the_charts_render_and_parses() {
+    let mut kinds = Vec::new();
+    let mut docs = Vec::new();
+    for entry in std::fs::read_dir(root().join("deploy")).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(path.extension().unwrap(), "yaml", "{}", path.display());
+        for doc in yaml_documents(&std::fs::read_to_string(&path).unwrap()) {
+            for field in ["apiVersion", "kind"] {
+                assert!(doc[field].is_string(), "{}: no {field}", path.display());
+            }
+            assert!(
+                doc["metadata"]["name"].is_string(),
+                "{}: no name",
+                path.display()
+            );
+            assert!(
+                doc["metadata"]["labels"].get("helm.sh/chart").is_none(),
+                "{}: Helm labels in plain manifests",
+                path.display()
+            );
+            kinds.push(doc["kind"].as_str().unwrap().to_owned());
+            docs.push(doc);
+        }
+    }
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(
+        kinds,
+        [
+            "CSIDriver",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "DaemonSet",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    let ds = find(&docs, "DaemonSet", "csi-secrets-store").unwrap();
+    assert_eq!(ds["metadata"]["namespace"], "kube-system");
+    assert_eq!(
+        ds["spec"]["selector"]["matchLabels"],
+        json!({"app": "csi-secrets-store"})
+    );
+    assert!(find(&docs, "ClusterRole", "secretprovidersyncing-role").is_some());
+    assert_driver_accepts(&args(container(ds, "secrets-store")));
+
+    let Some(python) = helm_python() else { return };
+    let (ok, text) = chart_script(&python, &["deploy", "--check"]);
+    assert!(ok, "{text}");
+    // Images, arguments and RBAC rules agree with the chart's defaults.
+    let chart = render(&python, &json!({}));
+    let chart_ds = find(&chart, "DaemonSet", "csi-secrets-store").unwrap();
+    for name in ["node-driver-registrar", "secrets-store", "liveness-probe"] {
+        assert_eq!(
+            container(ds, name)["image"],
+            container(chart_ds, name)["image"],
+            "{name}"
+        );
+        assert_eq!(
+            container(ds, name)["args"],
+            container(chart_ds, name)["args"],
+            "{name}"
+        );
+    }
+    for role in [
+        "secretproviderclasses-role",
+        "secretproviderclasses-admin-role",
+    ] {
+        assert_eq!(
+            find(&docs, "ClusterRole", role).unwrap()["rules"],
+            find(&chart, "ClusterRole", role).unwrap()["rules"],
+            "{role}"
+        );
+    }
+}
