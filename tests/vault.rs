@@ -559,6 +559,17 @@ async fn pods_of_one_identity_share_one_login_and_one_read_per_object() {
         "1 login + 5 reads for 10 pods: {requests:?}"
     );
 
+    // A pod that kubelet gave no token for the audience gets nothing from the shared cache.
+    let tokenless = pod("web-no-token", "app-sa");
+    let target = driver.target(&tokenless.uid, "secrets");
+    let err = driver
+        .node()
+        .node_publish_volume(tokenless.publish(&target, "five"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
+    assert!(!target.exists());
+
     // Another identity never reuses that token or those reads.
     let other = pod("other-1", "other-sa");
     api.insert(

@@ -119,6 +119,9 @@ impl Auth {
         if let Credentials::Token(token) = &self.credentials {
             return Ok((token.clone(), true));
         }
+        // A shared token is only handed to a pod that could have logged in itself: kubelet
+        // sent it a token for the audience.
+        self.jwt(config, pod_tokens)?;
         let identity = Identity::of(config);
         let (token, fetched) = self
             .tokens
