@@ -79,7 +79,8 @@ fn configure(bao: &OpenBao, api: &FakeApiServer) {
            path "secret/data/blob" { capabilities = ["read"] }
            path "secret/data/typed" { capabilities = ["read"] }
            path "kv/*" { capabilities = ["read"] }
-           path "pki/issue/web" { capabilities = ["update"] }"#,
+           path "pki/issue/web" { capabilities = ["update"] }
+           path "database/creds/app" { capabilities = ["read"] }"#,
     );
     bao.policy(
         "other",
@@ -1069,4 +1070,78 @@ async fn a_vault_namespace_scopes_the_login_and_the_reads() {
     }
     assert_eq!(contents, [TENANT_VALUE.as_bytes(), PASSWORD_V2.as_bytes()]);
     assert_no_leaks(&driver, &[TENANT_VALUE]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_credentials_are_read_once_per_mount_and_never_shared_between_pods() {
+    if !support::require_root() {
+        return;
+    }
+    let api = FakeApiServer::start().await;
+    let Some(bao) = openbao(&api) else { return };
+    let Some(redis) = support::redis::Redis::start() else {
+        return;
+    };
+    bao.bao(&["secrets", "enable", "database"]);
+    bao.bao(&[
+        "write",
+        "database/config/redis",
+        "plugin_name=redis-database-plugin",
+        "host=127.0.0.1",
+        &format!("port={}", redis.port),
+        "username=default",
+        &format!("password={}", support::redis::ADMIN_PASSWORD),
+        "allowed_roles=app",
+        "tls=false",
+    ]);
+    bao.bao(&[
+        "write",
+        "database/roles/app",
+        "db_name=redis",
+        r#"creation_statements=["+@read"]"#,
+        "default_ttl=1h",
+    ]);
+    // Read sharing is on (the default): a leased secret must still be each pod's own.
+    let driver = Driver::start(&api, &[&format!("--vault-address={}", bao.addr)]).await;
+    let objects = "- {objectName: db-username, secretPath: database/creds/app, secretKey: username}\n\
+                   - {objectName: db-password, secretPath: database/creds/app, secretKey: password}\n";
+    api.insert(
+        GROUP,
+        "secretproviderclasses",
+        spc(
+            "team",
+            "db",
+            "vault",
+            json!({"roleName": "app", "objects": objects}),
+        ),
+    );
+    let mark = bao.requests().len();
+    let mut users = Vec::new();
+    let mut secrets = Vec::new();
+    for name in ["api-1", "api-2"] {
+        let app = pod(name, "app-sa");
+        let target = driver.target(&app.uid, "db");
+        driver
+            .node()
+            .node_publish_volume(app.publish_with_tokens(&target, "db", &api, &["vault"]))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {}", e.message()));
+        let files = files(&target);
+        let user = String::from_utf8(files["db-username"].0.clone()).unwrap();
+        let password = String::from_utf8(files["db-password"].0.clone()).unwrap();
+        assert!(
+            redis.auth(&user, &password),
+            "{name}: username and password come from one read and work"
+        );
+        secrets.push(password);
+        users.push(user);
+    }
+    assert_ne!(users[0], users[1], "each pod gets its own database user");
+    let reads = bao.requests()[mark..]
+        .iter()
+        .filter(|(_, path)| path == "database/creds/app")
+        .count();
+    assert_eq!(reads, 2, "one read per mount for both objects");
+    let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    assert_no_leaks(&driver, &secret_refs);
 }

@@ -6,6 +6,7 @@
 pub mod apiserver;
 pub mod openbao;
 pub mod provider;
+pub mod redis;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
