@@ -154,8 +154,7 @@ impl VaultProvider {
                 fresh = true;
                 continue;
             }
-            return read::classify(reply.status, reply.body.expose(), reply.errors())
-                .map(|response| Arc::new(Secret::new(response)));
+            return read::classify(&reply).map(|response| Arc::new(Secret::new(response)));
         }
     }
 }

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::NAME;
+use super::client::Reply;
 use super::config::{Encoding, ObjectConfig};
 use crate::provider::ProviderError;
 
@@ -112,18 +113,20 @@ fn clone_error(err: &ProviderError, object: &str) -> ProviderError {
     }
 }
 
-/// Classifies an HTTP answer; `Ok` holds the parsed response.
-pub fn classify(status: u16, body: &[u8], errors: String) -> Result<Value, ReadFailure> {
-    match status {
+/// Classifies an HTTP answer; `Ok` holds the parsed response. Vault's error list is only
+/// extracted from failed answers.
+pub fn classify(reply: &Reply) -> Result<Value, ReadFailure> {
+    match reply.status {
         200 | 204 => {}
-        403 => return Err(ReadFailure::Denied(errors)),
+        403 => return Err(ReadFailure::Denied(reply.errors())),
         404 => {
             // KV v2 answers 404 with metadata for a deleted or destroyed version.
-            return Err(ReadFailure::NotFound(errors));
+            return Err(ReadFailure::NotFound(reply.errors()));
         }
-        400..=499 => return Err(ReadFailure::Rejected(errors)),
-        _ => return Err(ReadFailure::Failing(errors)),
+        400..=499 => return Err(ReadFailure::Rejected(reply.errors())),
+        _ => return Err(ReadFailure::Failing(reply.errors())),
     }
+    let body = reply.body.expose();
     if body.is_empty() {
         return Err(ReadFailure::Empty(String::new()));
     }
@@ -258,6 +261,13 @@ mod tests {
         }
     }
 
+    fn reply(status: u16, body: &'static [u8]) -> Reply {
+        Reply {
+            status,
+            body: crate::redact::Secret::new(bytes::Bytes::from_static(body)),
+        }
+    }
+
     fn text(object: &ObjectConfig, response: &Value) -> String {
         String::from_utf8(contents(object, response).unwrap()).unwrap()
     }
@@ -311,34 +321,33 @@ mod tests {
     #[test]
     fn answers_are_classified() {
         assert!(matches!(
-            classify(403, b"", String::new()),
+            classify(&reply(403, b"")),
             Err(ReadFailure::Denied(_))
         ));
         assert!(matches!(
-            classify(404, b"", String::new()),
+            classify(&reply(404, b"")),
             Err(ReadFailure::NotFound(_))
         ));
         assert!(matches!(
-            classify(400, b"", String::new()),
+            classify(&reply(400, b"")),
             Err(ReadFailure::Rejected(_))
         ));
         assert!(matches!(
-            classify(503, b"", String::new()),
+            classify(&reply(503, b"")),
             Err(ReadFailure::Failing(_))
         ));
         assert!(matches!(
-            classify(200, b"<html>", String::new()),
+            classify(&reply(200, b"<html>")),
             Err(ReadFailure::Malformed)
         ));
         assert!(matches!(
-            classify(200, br#"{"data":null,"warnings":["w1"]}"#, String::new()),
+            classify(&reply(200, br#"{"data":null,"warnings":["w1"]}"#)),
             Err(ReadFailure::Empty(w)) if w == "w1"
         ));
-        let ok = classify(
+        let ok = classify(&reply(
             200,
             br#"{"lease_id":"database/creds/x/1","data":{}}"#,
-            String::new(),
-        )
+        ))
         .unwrap();
         assert!(!shareable(&ok));
         assert!(shareable(&json!({"lease_id": "", "data": {}})));
