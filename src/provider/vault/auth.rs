@@ -113,6 +113,7 @@ impl Auth {
     pub async fn token(
         &self,
         config: &VolumeConfig,
+        identity: &Identity,
         pod_tokens: Option<&SecretString>,
         deadline: Instant,
     ) -> Result<(SecretString, bool), ProviderError> {
@@ -121,30 +122,27 @@ impl Auth {
         }
         // A shared token is only handed to a pod that could have logged in itself: kubelet
         // sent it a token for the audience.
-        self.jwt(config, pod_tokens)?;
-        let identity = Identity::of(config);
+        let jwt = self.jwt(config, pod_tokens)?;
         let (token, fetched) = self
             .tokens
-            .get_or_fetch(&identity, |stale| {
-                self.renew_or_login(config, pod_tokens, stale, deadline)
+            .get_or_fetch(identity, |stale| {
+                self.renew_or_login(config, &jwt, stale, deadline)
             })
             .await?;
         Ok((token.token, fetched))
     }
 
     /// Forgets `token` after Vault refused it, unless another mount already replaced it.
-    pub async fn refused(&self, config: &VolumeConfig, token: &SecretString) {
+    pub async fn refused(&self, identity: &Identity, token: &SecretString) {
         self.tokens
-            .invalidate_if(&Identity::of(config), |cached| {
-                cached.token.expose() == token.expose()
-            })
+            .invalidate_if(identity, |cached| cached.token.expose() == token.expose())
             .await;
     }
 
     async fn renew_or_login(
         &self,
         config: &VolumeConfig,
-        pod_tokens: Option<&SecretString>,
+        jwt: &SecretString,
         stale: Option<VaultToken>,
         deadline: Instant,
     ) -> Result<(VaultToken, Duration), ProviderError> {
@@ -160,7 +158,7 @@ impl Auth {
                 }
             }
         }
-        self.login(config, pod_tokens, deadline).await
+        self.login(config, jwt, deadline).await
     }
 
     async fn renew(
@@ -191,10 +189,9 @@ impl Auth {
     async fn login(
         &self,
         config: &VolumeConfig,
-        pod_tokens: Option<&SecretString>,
+        jwt: &SecretString,
         deadline: Instant,
     ) -> Result<(VaultToken, Duration), ProviderError> {
-        let jwt = self.jwt(config, pod_tokens)?;
         let role = config
             .role
             .as_deref()

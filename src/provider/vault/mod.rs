@@ -69,6 +69,8 @@ type Fetched = Result<Response, ReadFailure>;
 /// One mount's session with Vault.
 struct Login<'a> {
     config: &'a VolumeConfig,
+    /// Who the mount reads as: the key of the shared token and reads.
+    identity: Identity,
     pod_tokens: Option<&'a SecretString>,
     token: SecretString,
     /// Obtained by this mount, so a 403 with it is final.
@@ -98,8 +100,7 @@ impl VaultProvider {
         if !share {
             return self.send_read(login, request).await;
         }
-        let config = login.config;
-        let key = (Identity::of(config), request.clone());
+        let key = (login.identity.clone(), request.clone());
         let ttl = self.settings.read_cache_ttl;
         self.reads
             .get_or_fetch(&key, |_| async {
@@ -144,10 +145,10 @@ impl VaultProvider {
                 })?;
             if reply.status == 403 && !fresh {
                 tracing::debug!(path, "vault refused a cached token, logging in again");
-                self.auth.refused(config, &token).await;
+                self.auth.refused(&login.identity, &token).await;
                 (token, _) = self
                     .auth
-                    .token(config, login.pod_tokens, deadline)
+                    .token(config, &login.identity, login.pod_tokens, deadline)
                     .await
                     .map_err(|err| ReadFailure::Other(Arc::new(err)))?;
                 // Retry once: a refusal of the replacement token is final.
@@ -166,12 +167,17 @@ impl Provider for VaultProvider {
         let deadline = started + request.timeout.unwrap_or(DEFAULT_TIMEOUT);
         let config = config::parse(&request.parameters, &self.settings.defaults)?;
         let pod_tokens = request.service_account_tokens.as_ref();
-        let (token, fresh) = self.auth.token(&config, pod_tokens, deadline).await?;
+        let identity = Identity::of(&config);
+        let (token, fresh) = self
+            .auth
+            .token(&config, &identity, pod_tokens, deadline)
+            .await?;
 
         let distinct: BTreeSet<ReadRequest> =
             config.objects.iter().map(|o| o.request.clone()).collect();
         let login = Login {
             config: &config,
+            identity,
             pod_tokens,
             token,
             fresh,
