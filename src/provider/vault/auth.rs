@@ -361,6 +361,10 @@ pub fn transport_error(config: &VolumeConfig, doing: &str, err: TransportError) 
             provider: NAME.to_owned(),
             message: format!("TLS settings for {}: {message}", config.address),
         },
+        TransportError::InvalidRequest(message) => ProviderError::InvalidParameters {
+            provider: NAME.to_owned(),
+            message,
+        },
         TransportError::Unreachable(message) => ProviderError::BackendUnavailable {
             provider: NAME.to_owned(),
             message: format!(

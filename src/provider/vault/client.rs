@@ -84,6 +84,10 @@ pub enum TransportError {
     /// The TLS settings could not be loaded.
     #[error("{0}")]
     Tls(String),
+    /// The request cannot be built from the class's settings (e.g. a namespace with
+    /// characters not allowed in a header).
+    #[error("{0}")]
+    InvalidRequest(String),
     /// No connection could be made, even after retries.
     #[error("{0}")]
     Unreachable(String),
@@ -206,7 +210,7 @@ fn build_request(call: &Call<'_>, uri: &str) -> Result<http::Request<Full<Bytes>
     };
     // Only a token or namespace with bytes not allowed in headers can fail here; do not echo it.
     builder.body(body).map_err(|_| {
-        TransportError::Tls(format!(
+        TransportError::InvalidRequest(format!(
             "cannot build a request for {}: the address, token or namespace has invalid characters",
             call.path_and_query
         ))
