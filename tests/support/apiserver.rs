@@ -54,6 +54,8 @@ struct Store {
     history: Vec<Event>,
     resources: HashMap<(String, String), ResourceInfo>,
     requests: Vec<(String, String)>,
+    /// `(group, resource)` pairs every request is forbidden on, as missing RBAC.
+    denied: Vec<(String, String)>,
 }
 
 struct Shared {
@@ -168,6 +170,13 @@ fn default_resources() -> Vec<ResourceInfo> {
         namespaced: true,
         versions: vec!["v1"],
     };
+    let apps = |resource, kind| ResourceInfo {
+        group: "apps",
+        resource,
+        kind,
+        namespaced: true,
+        versions: vec!["v1"],
+    };
     let csi = |resource, kind| ResourceInfo {
         group: "secrets-store.csi.x-k8s.io",
         resource,
@@ -187,6 +196,10 @@ fn default_resources() -> Vec<ResourceInfo> {
             namespaced: true,
             versions: vec!["v1"],
         },
+        apps("replicasets", "ReplicaSet"),
+        apps("deployments", "Deployment"),
+        apps("statefulsets", "StatefulSet"),
+        apps("daemonsets", "DaemonSet"),
         csi("secretproviderclasses", "SecretProviderClass"),
         csi(
             "secretproviderclasspodstatuses",
@@ -211,6 +224,7 @@ impl FakeApiServer {
                 history: Vec::new(),
                 resources,
                 requests: Vec::new(),
+                denied: Vec::new(),
             }),
             events,
             signer: Signer::new(),
@@ -315,6 +329,29 @@ impl FakeApiServer {
     /// The public key that verifies issued tokens (PEM), as an OIDC/JWT auth method needs.
     pub fn token_public_key_pem(&self) -> String {
         self.shared.signer.public_key_pem()
+    }
+
+    /// Answers every request on `resource` of `group` with 403, as a missing RBAC rule does.
+    pub fn deny(&self, group: &str, resource: &str) {
+        let mut store = self.shared.store.lock().unwrap();
+        store.denied.push((group.to_owned(), resource.to_owned()));
+    }
+
+    /// Deletes an object through the API path, so the garbage collector runs as it would.
+    pub fn delete(&self, group: &str, resource: &str, namespace: &str, name: &str) {
+        let mut store = self.shared.store.lock().unwrap();
+        let k = key(group, resource, namespace, name);
+        assert!(store.delete(&self.shared.events, &k).is_some(), "{k:?} does not exist");
+    }
+
+    /// Replaces an object's fields with a JSON merge patch, as `kubectl patch --type=merge`.
+    pub fn patch(&self, group: &str, resource: &str, namespace: &str, name: &str, patch: &Value) {
+        let mut store = self.shared.store.lock().unwrap();
+        let k = key(group, resource, namespace, name);
+        let existing = store.objects.get(&k).cloned().expect("object exists");
+        let mut merged = existing.clone();
+        merge_patch(&mut merged, patch);
+        store.update(&self.shared.events, k, existing, merged);
     }
 
     /// `(method, path)` of every request served so far.
@@ -521,6 +558,38 @@ async fn handle(
     let Some(info) = info.filter(|i| i.versions.contains(&target.version.as_str())) else {
         return page_not_found();
     };
+    let denied = shared
+        .store
+        .lock()
+        .unwrap()
+        .denied
+        .contains(&(info.group.to_owned(), info.resource.to_owned()));
+    if denied {
+        let verb = match method {
+            Method::GET if query.contains_key("watch") => "watch",
+            Method::GET if target.name.is_none() => "list",
+            Method::GET => "get",
+            Method::POST => "create",
+            Method::PUT => "update",
+            Method::PATCH => "patch",
+            Method::DELETE => "delete",
+            _ => "unknown",
+        };
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "{}{} is forbidden: User \"system:serviceaccount:kube-system:secrets-store-csi-driver\" \
+                 cannot {verb} resource \"{}\" in API group \"{}\"",
+                info.resource,
+                target.name.as_ref().map(|n| format!(" \"{n}\"")).unwrap_or_default(),
+                info.resource,
+                info.group
+            ),
+            info.kind,
+            target.name.as_deref().unwrap_or_default(),
+        );
+    }
     let api_version = if info.group.is_empty() {
         target.version.clone()
     } else {
@@ -673,13 +742,23 @@ async fn handle(
         (Method::DELETE, Some(name)) => {
             let mut store = shared.store.lock().unwrap();
             let k = key(info.group, info.resource, &namespace, &name);
-            match store.objects.remove(&k) {
-                Some(mut object) => {
-                    store.rv += 1;
-                    object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
-                    store.emit(&shared.events, k, "DELETED", &object);
-                    json_response(StatusCode::OK, &with_version(&object, &api_version))
-                }
+            if let Some(uid) = preconditions_uid(&body)
+                && let Some(existing) = store.objects.get(&k)
+                && existing["metadata"]["uid"].as_str() != Some(uid.as_str())
+            {
+                return status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        existing["metadata"]["uid"].as_str().unwrap_or_default()
+                    ),
+                    info.kind,
+                    &name,
+                );
+            }
+            match store.delete(&shared.events, &k) {
+                Some(object) => json_response(StatusCode::OK, &with_version(&object, &api_version)),
                 None => not_found(&info, &name),
             }
         }
@@ -693,7 +772,59 @@ async fn handle(
     }
 }
 
+/// `preconditions.uid` of a DeleteOptions body.
+fn preconditions_uid(body: &[u8]) -> Option<String> {
+    let options: Value = serde_json::from_slice(body).ok()?;
+    options["preconditions"]["uid"].as_str().map(str::to_owned)
+}
+
 impl Store {
+    /// Removes an object, then collects garbage as kube-controller-manager's garbage collector
+    /// does with background propagation: a dependent whose owners are all gone is deleted
+    /// (and its own dependents in turn); a dependent with a remaining owner loses the dangling
+    /// reference.
+    fn delete(&mut self, events: &broadcast::Sender<Event>, k: &Key) -> Option<Value> {
+        let mut object = self.objects.remove(k)?;
+        self.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.emit(events, k.clone(), "DELETED", &object);
+        let live: std::collections::HashSet<String> = self
+            .objects
+            .values()
+            .filter_map(|o| o["metadata"]["uid"].as_str().map(str::to_owned))
+            .collect();
+        let dependents: Vec<(Key, Value)> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| {
+                o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| {
+                        refs.iter()
+                            .any(|r| r["uid"].as_str().is_some_and(|uid| !live.contains(uid)))
+                    })
+            })
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
+        for (dependent, existing) in dependents {
+            let remaining: Vec<Value> = existing["metadata"]["ownerReferences"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["uid"].as_str().is_some_and(|uid| live.contains(uid)))
+                .cloned()
+                .collect();
+            if remaining.is_empty() {
+                self.delete(events, &dependent);
+            } else {
+                let mut updated = existing.clone();
+                updated["metadata"]["ownerReferences"] = Value::Array(remaining);
+                self.update(events, dependent, existing, updated);
+            }
+        }
+        Some(object)
+    }
+
     /// Records a change at the current resourceVersion for watches, past and live.
     fn emit(
         &mut self,
