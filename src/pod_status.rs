@@ -5,8 +5,8 @@ use kube::Api;
 use kube::api::PostParams;
 
 use crate::crd::{
-    NODE_NAME_LABEL, SecretProviderClassObject, SecretProviderClassPodStatus,
-    SecretProviderClassPodStatusStatus,
+    NODE_NAME_LABEL, PodStatusCondition, READY_CONDITION, SecretProviderClassObject,
+    SecretProviderClassPodStatus, SecretProviderClassPodStatusStatus,
 };
 use crate::provider::ObjectVersion;
 use crate::publish::PodInfo;
@@ -70,21 +70,16 @@ impl PodStatusWriter {
     }
 
     /// Creates or takes over `<pod>-<namespace>-<class>`: this node's label, the pod as owner,
-    /// the versions sorted by id.
+    /// the versions sorted by id, and `Ready=True` with `reason` (`Mounted`, `Rotated`).
     pub async fn record(
         &self,
         pod: &PodInfo,
         class_name: &str,
         target_path: &str,
         versions: &[ObjectVersion],
+        reason: &str,
     ) -> Result<(), PodStatusError> {
-        let name = format!("{}-{}-{}", pod.name, pod.namespace, class_name);
-        if name.len() > MAX_NAME_LEN {
-            return Err(PodStatusError::NameTooLong {
-                len: name.len(),
-                name,
-            });
-        }
+        let name = status_name(pod, class_name)?;
         let mut objects: Vec<SecretProviderClassObject> = versions
             .iter()
             .map(|v| SecretProviderClassObject {
@@ -99,6 +94,7 @@ impl PodStatusWriter {
             mounted: true,
             target_path: target_path.to_owned(),
             objects,
+            conditions: vec![ready(true, reason, "")],
         };
         let api_error = |source| PodStatusError::Api {
             namespace: pod.namespace.clone(),
@@ -117,6 +113,7 @@ impl PodStatusWriter {
         let mut attempt = 0;
         loop {
             let mut existing = api.get(&name).await.map_err(api_error)?;
+            let before = existing.clone();
             let fresh = self.metadata(&name, pod);
             existing
                 .metadata
@@ -124,7 +121,63 @@ impl PodStatusWriter {
                 .get_or_insert_default()
                 .extend(fresh.labels.unwrap_or_default());
             existing.metadata.owner_references = fresh.owner_references;
-            existing.status = desired.status.clone();
+            let mut status = desired.status.clone().unwrap_or_default();
+            status.conditions = merged_conditions(
+                existing
+                    .status
+                    .clone()
+                    .map(|s| s.conditions)
+                    .unwrap_or_default(),
+                ready(true, reason, ""),
+            );
+            let unchanged = existing.status.as_ref() == Some(&status)
+                && existing.metadata.labels == before.metadata.labels
+                && existing.metadata.owner_references == before.metadata.owner_references;
+            if unchanged {
+                // A rotation that changed nothing writes nothing (and wakes no watcher).
+                return Ok(());
+            }
+            existing.status = Some(status);
+            match api.replace(&name, &PostParams::default(), &existing).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(response))
+                    if response.code == 409 && attempt < CONFLICT_RETRIES =>
+                {
+                    attempt += 1;
+                }
+                Err(err) => return Err(api_error(err)),
+            }
+        }
+    }
+
+    /// Marks the record `Ready=False` with the rotation error; the mounted versions stay as
+    /// they are. A missing record (deleted meanwhile) is left missing.
+    pub async fn record_rotation_failure(
+        &self,
+        pod: &PodInfo,
+        class_name: &str,
+        message: &str,
+    ) -> Result<(), PodStatusError> {
+        let name = status_name(pod, class_name)?;
+        let api_error = |source| PodStatusError::Api {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            source,
+        };
+        let api: Api<SecretProviderClassPodStatus> =
+            Api::namespaced(self.client.clone(), &pod.namespace);
+        let mut attempt = 0;
+        loop {
+            let Some(mut existing) = api.get_opt(&name).await.map_err(api_error)? else {
+                return Ok(());
+            };
+            let mut status = existing.status.take().unwrap_or_default();
+            let conditions = merged_conditions(
+                std::mem::take(&mut status.conditions),
+                ready(false, "RotationFailed", message),
+            );
+            status.conditions = conditions;
+            existing.status = Some(status);
             match api.replace(&name, &PostParams::default(), &existing).await {
                 Ok(_) => return Ok(()),
                 Err(kube::Error::Api(response))
@@ -151,5 +204,66 @@ impl PodStatusWriter {
             }]),
             ..Default::default()
         }
+    }
+}
+
+/// `<pod>-<namespace>-<class>`, upstream's record name.
+fn status_name(pod: &PodInfo, class_name: &str) -> Result<String, PodStatusError> {
+    let name = format!("{}-{}-{}", pod.name, pod.namespace, class_name);
+    if name.len() > MAX_NAME_LEN {
+        return Err(PodStatusError::NameTooLong {
+            len: name.len(),
+            name,
+        });
+    }
+    Ok(name)
+}
+
+fn ready(ok: bool, reason: &str, message: &str) -> PodStatusCondition {
+    PodStatusCondition {
+        type_: READY_CONDITION.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time: jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// `existing` with `new` in place of its type; the transition time moves only when the status
+/// does, as the API conventions ask.
+fn merged_conditions(
+    mut existing: Vec<PodStatusCondition>,
+    mut new: PodStatusCondition,
+) -> Vec<PodStatusCondition> {
+    if let Some(old) = existing.iter_mut().find(|c| c.type_ == new.type_) {
+        if old.status == new.status {
+            new.last_transition_time = std::mem::take(&mut old.last_transition_time);
+        }
+        *old = new;
+    } else {
+        existing.push(new);
+    }
+    existing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+        let mut first = ready(true, "Mounted", "");
+        first.last_transition_time = "2026-01-01T00:00:00Z".to_owned();
+        let kept = merged_conditions(vec![first], ready(true, "Rotated", ""));
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].reason, "Rotated");
+        assert_eq!(kept[0].last_transition_time, "2026-01-01T00:00:00Z");
+        let changed = merged_conditions(kept, ready(false, "RotationFailed", "vault is sealed"));
+        assert_eq!(changed[0].status, "False");
+        assert_eq!(changed[0].message, "vault is sealed");
+        assert_ne!(changed[0].last_transition_time, "2026-01-01T00:00:00Z");
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::class::{self, ClassError, ClassSource};
+use crate::events::{self, PodRef, Recorder, Severity};
 use crate::metrics::Metrics;
 use crate::pod_status::{PodStatusError, PodStatusWriter};
 use crate::provider::{MountRequest, ObjectVersion, ProviderError, Registry};
@@ -33,6 +34,8 @@ pub struct Context {
     /// Minimum time between fetches of a mounted volume when kubelet republishes it; `None`
     /// leaves mounted volumes alone (rotation disabled).
     pub rotation_interval: Option<Duration>,
+    /// Where rotation outcomes are reported as pod Events; `None` outside a cluster.
+    pub events: Option<Arc<Recorder>>,
     volumes: Mutex<HashMap<PathBuf, VolumeState>>,
 }
 
@@ -41,6 +44,8 @@ pub struct Context {
 struct VolumeState {
     fetched_at: SystemTime,
     versions: Vec<ObjectVersion>,
+    /// The class's own rotation interval, as of the last fetch.
+    interval: Option<Duration>,
 }
 
 impl Context {
@@ -60,8 +65,16 @@ impl Context {
             mount_mode,
             metrics,
             rotation_interval,
+            events: None,
             volumes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Reports rotation outcomes as Events on pods.
+    #[must_use]
+    pub fn with_events(mut self, events: Arc<Recorder>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     fn volume_state(&self, target: &Path) -> Option<VolumeState> {
@@ -72,10 +85,11 @@ impl Context {
             .cloned()
     }
 
-    fn remember(&self, target: &Path, versions: Vec<ObjectVersion>) {
+    fn remember(&self, target: &Path, versions: Vec<ObjectVersion>, interval: Option<Duration>) {
         let state = VolumeState {
             fetched_at: SystemTime::now(),
             versions,
+            interval,
         };
         self.volumes
             .lock()
@@ -90,10 +104,15 @@ impl Context {
             .remove(target);
     }
 
-    /// Whether a mounted volume's rotation interval has passed. After a restart, the time of
-    /// the last content swap stands in for the last fetch.
-    fn rotation_due(&self, target: &Path, interval: Duration) -> bool {
-        let last = self.volume_state(target).map(|s| s.fetched_at).or_else(|| {
+    /// Whether a mounted volume's rotation interval (its class's, else the node's) has passed.
+    /// After a restart, the time of the last content swap stands in for the last fetch.
+    fn rotation_due(&self, target: &Path, node_interval: Duration) -> bool {
+        let state = self.volume_state(target);
+        let interval = state
+            .as_ref()
+            .and_then(|s| s.interval)
+            .unwrap_or(node_interval);
+        let last = state.map(|s| s.fetched_at).or_else(|| {
             std::fs::symlink_metadata(target.join("..data"))
                 .and_then(|m| m.modified())
                 .ok()
@@ -292,13 +311,14 @@ pub async fn publish(
             let provider = provider.unwrap_or(provider_hint);
             ctx.metrics.publish_error(&provider, &error.error_type());
             if remount && mode == Mode::Publish {
-                // A failed rotation must not fail the pod (kubernetes#121271): keep the old files.
+                // A failed rotation must not fail the pod (kubernetes#121271): keep the old files,
+                // but say so where people look: the pod's Events and the SPCPS condition.
                 ctx.metrics.rotation_error(&provider, &error.error_type());
-                tracing::warn!(error = %error, "rotation failed, keeping the mounted contents");
+                let message = crate::csi::full_message(&error);
+                tracing::warn!(error = %message, "rotation failed, keeping the mounted contents");
+                report_rotation_failure(ctx, request, &message).await;
                 return Ok(Published {
-                    outcome: Outcome::RotationFailed {
-                        message: error.to_string(),
-                    },
+                    outcome: Outcome::RotationFailed { message },
                     provider,
                     versions: ctx
                         .volume_state(&request.target_path)
@@ -309,6 +329,38 @@ pub async fn publish(
             }
             Err(error)
         }
+    }
+}
+
+async fn report_rotation_failure(ctx: &Context, request: &PublishRequest, message: &str) {
+    if let Some(recorder) = &ctx.events {
+        let note = format!(
+            "rotation of SecretProviderClass {}/{} failed; the previous contents stay mounted: {message}",
+            request.pod.namespace, request.class_name
+        );
+        recorder
+            .pod_event(
+                &pod_ref(&request.pod),
+                Severity::Warning,
+                events::MOUNT_ROTATION_FAILED,
+                &note,
+            )
+            .await;
+    }
+    if let Some(writer) = &ctx.pod_status
+        && let Err(err) = writer
+            .record_rotation_failure(&request.pod, &request.class_name, message)
+            .await
+    {
+        tracing::warn!(error = %err, "failed to record the rotation failure on the SecretProviderClassPodStatus");
+    }
+}
+
+fn pod_ref(pod: &PodInfo) -> PodRef {
+    PodRef {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
     }
 }
 
@@ -356,12 +408,16 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
 
     // Class: the pod's namespace only.
     let namespace = &request.pod.namespace;
-    let spec = ctx
+    let class = ctx
         .classes
         .get(namespace, &request.class_name)
         .await
         .map_err(|e| Failure::new(e, None, remount))?;
-    class::check(namespace, &request.class_name, &spec)
+    let spec = &class.spec;
+    class::check(namespace, &request.class_name, spec)
+        .map_err(|e| Failure::new(e, None, remount))?;
+    let class_interval = class
+        .rotation_interval(namespace, &request.class_name)
         .map_err(|e| Failure::new(e, None, remount))?;
     let provider_name = spec.provider.trim().to_owned();
     let provider_fail = |source| {
@@ -382,7 +438,7 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
     } else {
         prepare(ctx, target).map_err(|e| Failure::new(e, Some(&provider_name), remount))?
     };
-    let parameters = class::merge_parameters(&spec, &request.attributes);
+    let parameters = class::merge_parameters(spec, &request.attributes);
     let fetched = fetch_and_write(
         ctx,
         request,
@@ -413,6 +469,7 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
                 &request.class_name,
                 &target_str,
                 &fetched.versions,
+                if remount { "Rotated" } else { "Mounted" },
             )
             .await
         {
@@ -420,7 +477,25 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
             return Err(Failure::new(err, Some(&provider_name), remount));
         }
     }
-    ctx.remember(target, fetched.versions.clone());
+    ctx.remember(target, fetched.versions.clone(), class_interval);
+    if remount
+        && fetched.changed
+        && mode == Mode::Publish
+        && let Some(recorder) = &ctx.events
+    {
+        let note = format!(
+            "rotated SecretProviderClass {namespace}/{}: new contents are mounted",
+            request.class_name
+        );
+        recorder
+            .pod_event(
+                &pod_ref(&request.pod),
+                Severity::Normal,
+                events::MOUNT_ROTATION_COMPLETE,
+                &note,
+            )
+            .await;
+    }
     Ok(Published {
         outcome: Outcome::Fetched {
             changed: fetched.changed,
@@ -583,7 +658,11 @@ impl Prepared {
                 tracing::warn!(error = %err, target = %target.display(), "failed to remove target after a failed publish");
             }
         }
-        ctx.forget(target);
+        // A failed rotation of a mounted volume keeps what is known about it (its versions
+        // and its class's interval); only a mount this call made is forgotten.
+        if self.mounted || self.created_dir {
+            ctx.forget(target);
+        }
     }
 }
 

@@ -2,18 +2,53 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use kube::Api;
 
 use crate::crd::{SecretProviderClass, SecretProviderClassSpec, v1alpha1};
 
+/// Annotation on a SecretProviderClass that sets its own rotation interval (a duration such
+/// as `30s` or `1h`), overriding `--rotation-poll-interval` for its volumes.
+pub const ROTATION_INTERVAL_ANNOTATION: &str = "secrets-store.csi.k8s.io/rotation-poll-interval";
+
+/// A SecretProviderClass as the pipeline uses it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Class {
+    /// The spec.
+    pub spec: SecretProviderClassSpec,
+    /// The metadata annotations (the per-class rotation interval lives there).
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Class {
+    /// The class's own rotation interval, if it sets one.
+    pub fn rotation_interval(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Duration>, ClassError> {
+        let Some(value) = self.annotations.get(ROTATION_INTERVAL_ANNOTATION) else {
+            return Ok(None);
+        };
+        humantime::parse_duration(value.trim())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .map(Some)
+            .ok_or_else(|| ClassError::RotationInterval {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                value: value.clone(),
+            })
+    }
+}
+
 /// Where SecretProviderClasses are looked up: the API server on a node, a file for `mount`.
 #[async_trait]
 pub trait ClassSource: Send + Sync + fmt::Debug {
     /// The class `name` in `namespace` (the pod's namespace, never another).
-    async fn get(&self, namespace: &str, name: &str)
-    -> Result<SecretProviderClassSpec, ClassError>;
+    async fn get(&self, namespace: &str, name: &str) -> Result<Class, ClassError>;
 }
 
 /// A SecretProviderClass that cannot be used.
@@ -49,6 +84,19 @@ pub enum ClassError {
         /// The class name.
         name: String,
     },
+    /// The rotation interval annotation is not a positive duration.
+    #[error(
+        "invalid annotation {ROTATION_INTERVAL_ANNOTATION}={value:?} on SecretProviderClass {namespace}/{name}: \
+         use a positive duration such as 30s, 5m or 1h"
+    )]
+    RotationInterval {
+        /// The namespace.
+        namespace: String,
+        /// The class name.
+        name: String,
+        /// The annotation's value.
+        value: String,
+    },
     /// `spec.parameters` is empty.
     #[error(
         "parameters not set in {namespace}/{name}: set spec.parameters in the SecretProviderClass"
@@ -83,11 +131,7 @@ impl KubeClasses {
 
 #[async_trait]
 impl ClassSource for KubeClasses {
-    async fn get(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<SecretProviderClassSpec, ClassError> {
+    async fn get(&self, namespace: &str, name: &str) -> Result<Class, ClassError> {
         let api_error = |source| ClassError::Api {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -95,7 +139,12 @@ impl ClassSource for KubeClasses {
         };
         let v1: Api<SecretProviderClass> = Api::namespaced(self.client.clone(), namespace);
         match v1.get_opt(name).await {
-            Ok(Some(class)) => return Ok(class.spec),
+            Ok(Some(class)) => {
+                return Ok(Class {
+                    spec: class.spec,
+                    annotations: class.metadata.annotations.unwrap_or_default(),
+                });
+            }
             Ok(None) => {}
             // A 404 without a Status body means the version itself is not served.
             Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -111,7 +160,10 @@ impl ClassSource for KubeClasses {
                     "SecretProviderClass read as secrets-store.csi.x-k8s.io/v1alpha1, which is deprecated: \
                      upgrade the CRDs so that v1 is served"
                 );
-                Ok(class.spec.into())
+                Ok(Class {
+                    spec: class.spec.into(),
+                    annotations: class.metadata.annotations.unwrap_or_default(),
+                })
             }
             Ok(None) | Err(kube::Error::Api(_)) => Err(ClassError::NotFound {
                 namespace: namespace.to_owned(),
@@ -125,24 +177,20 @@ impl ClassSource for KubeClasses {
 /// Classes given up front, for `mount` (no cluster).
 #[derive(Debug, Default)]
 pub struct StaticClasses {
-    classes: BTreeMap<(String, String), SecretProviderClassSpec>,
+    classes: BTreeMap<(String, String), Class>,
 }
 
 impl StaticClasses {
     /// Adds a class under its namespace and name.
-    pub fn insert(&mut self, namespace: &str, name: &str, spec: SecretProviderClassSpec) {
+    pub fn insert(&mut self, namespace: &str, name: &str, class: Class) {
         self.classes
-            .insert((namespace.to_owned(), name.to_owned()), spec);
+            .insert((namespace.to_owned(), name.to_owned()), class);
     }
 }
 
 #[async_trait]
 impl ClassSource for StaticClasses {
-    async fn get(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<SecretProviderClassSpec, ClassError> {
+    async fn get(&self, namespace: &str, name: &str) -> Result<Class, ClassError> {
         self.classes
             .get(&(namespace.to_owned(), name.to_owned()))
             .cloned()
@@ -209,6 +257,26 @@ mod tests {
         assert_eq!(merged["a"], "class");
         assert_eq!(merged["b"], "pod");
         assert_eq!(merged["c"], "pod");
+    }
+
+    #[test]
+    fn a_class_may_set_its_own_rotation_interval() {
+        let mut class = Class::default();
+        assert_eq!(class.rotation_interval("ns", "c").unwrap(), None);
+        class
+            .annotations
+            .insert(ROTATION_INTERVAL_ANNOTATION.into(), "90s".into());
+        assert_eq!(
+            class.rotation_interval("ns", "c").unwrap(),
+            Some(Duration::from_secs(90))
+        );
+        for bad in ["0s", "soon", ""] {
+            class
+                .annotations
+                .insert(ROTATION_INTERVAL_ANNOTATION.into(), bad.into());
+            let error = class.rotation_interval("ns", "c").unwrap_err().to_string();
+            assert!(error.contains("ns/c") && error.contains("30s"), "{error}");
+        }
     }
 
     #[test]

@@ -10,8 +10,8 @@ mod provider_class;
 pub use generate::{crd_files, crds, crds_yaml};
 
 pub use pod_status::{
-    NODE_NAME_LABEL, SecretProviderClassObject, SecretProviderClassPodStatus,
-    SecretProviderClassPodStatusStatus,
+    NODE_NAME_LABEL, PodStatusCondition, READY_CONDITION, SecretProviderClassObject,
+    SecretProviderClassPodStatus, SecretProviderClassPodStatusStatus,
 };
 pub use provider_class::{
     SecretObject, SecretObjectData, SecretProviderClass, SecretProviderClassSpec, v1alpha1,

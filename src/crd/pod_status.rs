@@ -49,6 +49,33 @@ pub struct SecretProviderClassPodStatusStatus {
     /// Object versions reported by the provider, sorted by id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<SecretProviderClassObject>,
+    /// The latest observations of the volume, such as whether its last rotation succeeded.
+    /// An addition of this driver: upstream's CRD has no conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<PodStatusCondition>,
+}
+
+/// Condition type that says whether the mounted contents are current.
+pub const READY_CONDITION: &str = "Ready";
+
+/// One observation, shaped like the Kubernetes `metav1.Condition` that `kubectl wait` reads.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatusCondition {
+    /// What is observed, e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase cause, e.g. `RotationFailed`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// The error or detail, for people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When `status` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_transition_time: String,
 }
 
 /// One object's id and version as reported by its provider.

@@ -14,7 +14,9 @@ impl From<&PublishError> for Code {
             PublishError::Class(ClassError::NotFound { .. }) => Code::NotFound,
             PublishError::Class(ClassError::Api { source, .. }) => kube_code(source),
             PublishError::Class(
-                ClassError::MissingProvider { .. } | ClassError::MissingParameters { .. },
+                ClassError::MissingProvider { .. }
+                | ClassError::MissingParameters { .. }
+                | ClassError::RotationInterval { .. },
             ) => Code::FailedPrecondition,
             PublishError::Provider { source, .. } => source.grpc_code(),
             PublishError::Payload { .. } => Code::Internal,
