@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::class::{KubeClasses, StaticClasses};
+use crate::class::{Class, KubeClasses, StaticClasses};
 use crate::cli::{
     Cli, Command, CrdgenArgs, MountArgs, NodeArgs, ProviderArgs, ProviderServeArgs, UnmountArgs,
     VaultArgs,
@@ -21,8 +21,8 @@ use crate::provider::vault::{self, VaultProvider, auth::Credentials, config::Tls
 use crate::provider::version_key::VersionKey;
 use crate::provider::{ObjectVersion, Provider, Registry, RegistryConfig, serve};
 use crate::publish::{self, Context, Mode, PodInfo, PublishRequest, Published};
-use crate::shutdown;
 use crate::volume::{MountMode, TmpfsOptions, mount};
+use crate::{events, shutdown, sync};
 
 /// The version printed by `--version` and reported to kubelet.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -174,19 +174,35 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     }
     let providers = Arc::new(providers);
     let metrics = Arc::new(Metrics::new());
-    let ctx = Arc::new(Context::new(
-        Arc::new(KubeClasses::new(client.clone())),
-        providers.clone(),
-        Some(PodStatusWriter::new(client, &args.nodeid)),
-        MountMode::Tmpfs(TmpfsOptions {
-            size_bytes: args.providers.tmpfs_size,
-        }),
-        metrics.clone(),
-        args.enable_secret_rotation
-            .then_some(args.rotation_poll_interval),
-    ));
+    let recorder = Arc::new(events::Recorder::new(client.clone(), &args.nodeid));
+    let ctx = Arc::new(
+        Context::new(
+            Arc::new(KubeClasses::new(client.clone())),
+            providers.clone(),
+            Some(PodStatusWriter::new(client.clone(), &args.nodeid)),
+            MountMode::Tmpfs(TmpfsOptions {
+                size_bytes: args.providers.tmpfs_size,
+            }),
+            metrics.clone(),
+            args.enable_secret_rotation
+                .then_some(args.rotation_poll_interval),
+        )
+        .with_events(recorder.clone()),
+    );
 
     let shutdown = shutdown::on_signal().context("installing signal handlers")?;
+    let sync = sync::Controller::new(
+        client,
+        sync::Settings {
+            node_name: args.nodeid.clone(),
+            driver_name: args.drivername.clone(),
+            resync_interval: args.secret_sync_resync_interval,
+            rollout_on_change: args.rollout_on_secret_change,
+        },
+        recorder,
+        metrics.clone(),
+    );
+    let sync_task = tokio::spawn(sync.run(shutdown.clone()));
     let metrics_addr = metrics::parse_addr(&args.metrics_addr)
         .with_context(|| format!("invalid --metrics-addr {:?}", args.metrics_addr))?;
     let listener = tokio::net::TcpListener::bind(metrics_addr)
@@ -219,6 +235,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .await
         .context("CSI server failed")?;
     shutdown.cancel();
+    sync_task.await.context("secret sync task")?;
     metrics_task
         .await
         .context("metrics server task")?
@@ -292,7 +309,14 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         .or(class.metadata.namespace.clone())
         .unwrap_or_else(|| "default".to_owned());
     let mut classes = StaticClasses::default();
-    classes.insert(&namespace, &name, class.spec.clone());
+    classes.insert(
+        &namespace,
+        &name,
+        Class {
+            spec: class.spec.clone(),
+            annotations: class.metadata.annotations.clone().unwrap_or_default(),
+        },
+    );
 
     let base = args
         .class

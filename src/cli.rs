@@ -196,6 +196,15 @@ pub struct NodeArgs {
     /// Minimum time between fetches of one mounted volume.
     #[arg(long, env = "ROTATION_POLL_INTERVAL", default_value = "2m", value_parser = humantime::parse_duration)]
     pub rotation_poll_interval: Duration,
+    /// How often every synced Secret is rewritten from its mount even without a change
+    /// (deleted and edited Secrets are repaired at once regardless).
+    #[arg(long, env = "SECRET_SYNC_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub secret_sync_resync_interval: Duration,
+    /// When synced Secret values change, restart the Deployments, StatefulSets and DaemonSets
+    /// that own the Secret (annotates their pod template), so env vars pick up new values.
+    #[arg(long, env = "ROLLOUT_ON_SECRET_CHANGE", action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true")]
+    pub rollout_on_secret_change: bool,
     /// Listen address of `/metrics`; `:8095` means every interface.
     #[arg(long, env = "METRICS_ADDR", default_value = ":8095")]
     pub metrics_addr: String,

@@ -11,6 +11,8 @@
 //!     volume    : validate payload -> tmpfs mount -> atomic writer (..data swap)
 //!     pod_status: SecretProviderClassPodStatus record (node label, pod owner, object versions)
 //!   <-- Ok | one PublishError -> tonic::Status mapping (csi::status)
+//! sync      : controller over this node's SPCPS -> Kubernetes Secrets (secretObjects)
+//! events    : Warning/Normal Events on pods for sync and rotation outcomes
 //! ```
 //!
 //! Secret values and tokens only ever travel inside [`redact::Secret`], whose `Debug` and
@@ -21,6 +23,7 @@ pub mod class;
 pub mod cli;
 pub mod crd;
 pub mod csi;
+pub mod events;
 pub mod metrics;
 pub mod pod_status;
 pub mod proto;
@@ -28,5 +31,6 @@ pub mod provider;
 pub mod publish;
 pub mod redact;
 pub mod shutdown;
+pub mod sync;
 pub mod telemetry;
 pub mod volume;

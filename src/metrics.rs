@@ -70,6 +70,16 @@ pub struct Metrics {
     rotation_reconcile_error: Family<RotationErrorLabels, Counter>,
     rotation_reconcile_duration: Family<OsLabels, Histogram>,
     publish_duration: Family<ProviderLabels, Histogram>,
+    sync_secret: Family<ProviderLabels, Counter>,
+    sync_secret_error: Family<SyncErrorLabels, Counter>,
+    sync_secret_duration: Family<OsLabels, Histogram>,
+}
+
+/// Labels `error_type`, `os_type`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncErrorLabels {
+    error_type: String,
+    os_type: String,
 }
 
 /// Upstream's `ExponentialBucketsRange(0.1, 2, 11)`.
@@ -137,6 +147,26 @@ impl Metrics {
             "Duration of rotations of mounted volumes in seconds",
             rotation_reconcile_duration.clone(),
         );
+        let sync_secret = Family::default();
+        let sync_secret_error = Family::default();
+        let sync_secret_duration = Family::<OsLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(rotation_buckets())
+        });
+        registry.register(
+            "sync_k8s_secret",
+            "Kubernetes Secrets created or updated from mounted files",
+            sync_secret.clone(),
+        );
+        registry.register(
+            "sync_k8s_secret_error",
+            "secretObjects entries that could not be synced",
+            sync_secret_error.clone(),
+        );
+        registry.register(
+            "k8s_secret_duration_sec",
+            "Duration of syncing one pod volume's secretObjects, in seconds",
+            sync_secret_duration.clone(),
+        );
         registry.register(
             "node_publish_duration_seconds",
             "Duration of NodePublishVolume calls that fetched from a provider, in seconds",
@@ -152,7 +182,39 @@ impl Metrics {
             rotation_reconcile_error,
             rotation_reconcile_duration,
             publish_duration,
+            sync_secret,
+            sync_secret_error,
+            sync_secret_duration,
         }
+    }
+
+    /// A synced Secret was created or changed.
+    pub fn secret_synced(&self, provider: &str) {
+        self.sync_secret
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_owned(),
+                os_type: OS_TYPE.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A `secretObjects` entry failed; `error_type` is a short CamelCase cause.
+    pub fn secret_sync_error(&self, error_type: &str) {
+        self.sync_secret_error
+            .get_or_create(&SyncErrorLabels {
+                error_type: error_type.to_owned(),
+                os_type: OS_TYPE.to_owned(),
+            })
+            .inc();
+    }
+
+    /// One pod volume's `secretObjects` were reconciled.
+    pub fn secret_sync_duration(&self, elapsed: Duration) {
+        self.sync_secret_duration
+            .get_or_create(&OsLabels {
+                os_type: OS_TYPE.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// A NodePublishVolume succeeded (including idempotent and skipped calls, as upstream).

@@ -9,8 +9,10 @@ pub fn init(json: bool, verbosity: u8) {
         3..=4 => "debug",
         _ => "trace",
     };
-    // Dependencies stay at info: their debug output is noise for operators.
-    let default = format!("info,secrets_store_csi_driver={level}");
+    // Dependencies stay at info: their debug output is noise for operators. The watcher's own
+    // warnings repeat on every retry; the driver logs watch failures itself, once and with
+    // what to do.
+    let default = format!("info,kube_runtime::watcher=error,secrets_store_csi_driver={level}");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
