@@ -259,7 +259,7 @@ async fn publish_mounts_tmpfs_writes_files_records_status_and_unpublish_cleans_u
         .await
         .unwrap();
 
-    let metrics = reqwest_metrics(driver.metrics_port).await;
+    let metrics = support::metrics(driver.metrics_port).await;
     assert!(
         metrics.contains("node_publish_total{provider=\"local\",os_type=\"linux\"} 1"),
         "{metrics}"
@@ -274,20 +274,6 @@ async fn publish_mounts_tmpfs_writes_files_records_status_and_unpublish_cleans_u
             .contains("failed to clean and unmount target path")
     );
     driver.assert_logs_free_of(&[SECRET_A, SECRET_B]);
-}
-
-async fn reqwest_metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -542,7 +528,7 @@ async fn every_bad_input_fails_with_its_code_and_leaves_nothing_behind() {
         );
         assert_clean(&driver, &target);
     }
-    let metrics = reqwest_metrics(driver.metrics_port).await;
+    let metrics = support::metrics(driver.metrics_port).await;
     assert!(metrics.contains("error_type=\"BackendDown\""), "{metrics}");
     assert!(
         metrics.contains("error_type=\"FileWriteError\""),

@@ -208,6 +208,7 @@ fn the_chart_lints_and_renders_upstreams_defaults() {
         json!([{"audience": "vault"}])
     );
     assert!(find(&docs, "ClusterRole", "secretprovidersyncing-role").is_none());
+    assert!(find(&docs, "ClusterRole", "secretproviderrollout-role").is_none());
     for role in [
         "secretproviderclasses-role",
         "secretproviderclasses-admin-role",
@@ -316,7 +317,7 @@ fn chart_values_reach_the_csidriver_rbac_and_driver_flags() {
     let docs = render(
         &python,
         &json!({
-            "syncSecret": {"enabled": true},
+            "syncSecret": {"enabled": true, "resyncInterval": "10m", "rolloutOnChange": true},
             "enableSecretRotation": true,
             "rotationPollInterval": "30s",
             "tokenRequests": [{"audience": "vault"}, {"audience": "sts.amazonaws.com", "expirationSeconds": 3600}],
@@ -348,11 +349,23 @@ fn chart_values_reach_the_csidriver_rbac_and_driver_flags() {
         )
         .is_some()
     );
+    let rollout = find(&docs, "ClusterRole", "secretproviderrollout-role").unwrap();
+    assert_eq!(rollout["rules"][1]["verbs"], json!(["get", "patch"]));
+    assert!(
+        find(
+            &docs,
+            "ClusterRoleBinding",
+            "secretproviderrollout-rolebinding"
+        )
+        .is_some()
+    );
     let ds = find(&docs, "DaemonSet", "csi-secrets-store").unwrap();
     let store = container(ds, "secrets-store");
     let store_args = args(store);
     for expected in [
         "--enable-secret-rotation=true",
+        "--secret-sync-resync-interval=10m",
+        "--rollout-on-secret-change=true",
         "--rotation-poll-interval=30s",
         "--provider-health-check=true",
         "-v=3",

@@ -341,7 +341,10 @@ impl FakeApiServer {
     pub fn delete(&self, group: &str, resource: &str, namespace: &str, name: &str) {
         let mut store = self.shared.store.lock().unwrap();
         let k = key(group, resource, namespace, name);
-        assert!(store.delete(&self.shared.events, &k).is_some(), "{k:?} does not exist");
+        assert!(
+            store.delete(&self.shared.events, &k).is_some(),
+            "{k:?} does not exist"
+        );
     }
 
     /// Replaces an object's fields with a JSON merge patch, as `kubectl patch --type=merge`.
@@ -582,7 +585,11 @@ async fn handle(
                 "{}{} is forbidden: User \"system:serviceaccount:kube-system:secrets-store-csi-driver\" \
                  cannot {verb} resource \"{}\" in API group \"{}\"",
                 info.resource,
-                target.name.as_ref().map(|n| format!(" \"{n}\"")).unwrap_or_default(),
+                target
+                    .name
+                    .as_ref()
+                    .map(|n| format!(" \"{n}\""))
+                    .unwrap_or_default(),
                 info.resource,
                 info.group
             ),

@@ -61,6 +61,45 @@ pub struct Driver {
     pub local_root: PathBuf,
     pub metrics_port: u16,
     logs: Arc<Mutex<Vec<u8>>>,
+    args: Vec<String>,
+}
+
+/// Starts the driver binary with `args`, appending its stderr to `logs`, and waits until it
+/// serves `socket` (a stale socket from a killed run does not count).
+async fn spawn_driver(args: &[String], socket: &Path, logs: &Arc<Mutex<Vec<u8>>>) -> Child {
+    let mut child = Command::new(DRIVER)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let started = Instant::now();
+    while UnixStream::connect(socket).await.is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "driver exited with {status}: {}",
+                String::from_utf8_lossy(&logs.lock().unwrap())
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "driver socket never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
 }
 
 impl Driver {
@@ -79,47 +118,21 @@ impl Driver {
             .local_addr()
             .unwrap()
             .port();
-        let mut child = Command::new(DRIVER)
-            .arg(format!("--endpoint=unix://{}", socket.display()))
-            .arg(format!("--nodeid={NODE}"))
-            .arg(format!("--provider-volume={}", provider_dir.display()))
-            .arg("--additional-provider-volume-paths=")
-            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--local-provider-root={}", local_root.display()))
-            .arg("-v=5")
-            .args(extra_args)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let args: Vec<String> = [
+            format!("--endpoint=unix://{}", socket.display()),
+            format!("--nodeid={NODE}"),
+            format!("--provider-volume={}", provider_dir.display()),
+            "--additional-provider-volume-paths=".to_owned(),
+            format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--local-provider-root={}", local_root.display()),
+            "-v=5".to_owned(),
+        ]
+        .into_iter()
+        .chain(extra_args.iter().map(|a| (*a).to_owned()))
+        .collect();
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let mut stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        let started = Instant::now();
-        while !socket.exists() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "driver exited with {status}: {}",
-                    String::from_utf8_lossy(&logs.lock().unwrap())
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "driver socket never appeared"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = spawn_driver(&args, &socket, &logs).await;
         Self {
             child,
             dir,
@@ -128,7 +141,16 @@ impl Driver {
             local_root,
             metrics_port,
             logs,
+            args,
         }
+    }
+
+    /// Kills the driver with SIGKILL (no cleanup at all, as a node crash or OOM kill) and
+    /// starts it again with the same arguments, directories and mounts.
+    pub async fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_driver(&self.args, &self.socket, &self.logs).await;
     }
 
     pub fn node(&self) -> csi::node_client::NodeClient<Channel> {
@@ -391,4 +413,147 @@ pub fn read_tree(target: &Path) -> Vec<(String, Vec<u8>, u32)> {
     }
     out.sort();
     out
+}
+
+impl Pod {
+    /// Stores this pod in the API server with one CSI volume `volume` of class `spc`, owned by
+    /// `owner` (`kind`, object) when given, and takes the UID the server assigned.
+    pub fn create_in(
+        &mut self,
+        api: &FakeApiServer,
+        volume: &str,
+        spc: &str,
+        owner: Option<(&str, &Value)>,
+    ) {
+        let owners: Vec<Value> = owner
+            .into_iter()
+            .map(|(kind, object)| {
+                json!({
+                    "apiVersion": if kind == "ReplicaSet" || kind == "StatefulSet" { "apps/v1" } else { "v1" },
+                    "kind": kind,
+                    "name": object["metadata"]["name"],
+                    "uid": object["metadata"]["uid"],
+                    "controller": true,
+                    "blockOwnerDeletion": true,
+                })
+            })
+            .collect();
+        let pod = api.insert(
+            "",
+            "pods",
+            json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": self.name, "namespace": self.namespace, "ownerReferences": owners},
+                "spec": {
+                    "nodeName": NODE,
+                    "serviceAccountName": self.service_account,
+                    "containers": [{"name": "app", "image": "app"}],
+                    "volumes": [{"name": volume, "csi": {
+                        "driver": "secrets-store.csi.k8s.io",
+                        "readOnly": true,
+                        "volumeAttributes": {"secretProviderClass": spc},
+                    }}],
+                },
+                "status": {"phase": "Running"},
+            }),
+        );
+        self.uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
+    }
+}
+
+/// Stores an apps/v1 workload object (`replicasets`, `deployments`…) owned by `owner`.
+pub fn workload(
+    api: &FakeApiServer,
+    resource: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    owner: Option<&Value>,
+) -> Value {
+    let owners: Vec<Value> = owner
+        .into_iter()
+        .map(|o| {
+            json!({"apiVersion": "apps/v1", "kind": o["kind"], "name": o["metadata"]["name"],
+                   "uid": o["metadata"]["uid"], "controller": true})
+        })
+        .collect();
+    api.insert(
+        "apps",
+        resource,
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": kind,
+            "metadata": {"name": name, "namespace": namespace, "ownerReferences": owners},
+            "spec": {"template": {"metadata": {}, "spec": {"containers": []}}},
+        }),
+    )
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes (then panics with `what`).
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Decoded `data` of a stored Secret.
+pub fn secret_data(secret: &Value) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use base64::Engine as _;
+    secret["data"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap();
+            (k.clone(), bytes)
+        })
+        .collect()
+}
+
+/// Events recorded on the pod `name` in `namespace`: `(type, reason, message)`.
+pub fn pod_events(
+    api: &FakeApiServer,
+    namespace: &str,
+    name: &str,
+) -> Vec<(String, String, String)> {
+    api.list("", "events")
+        .into_iter()
+        .filter(|e| {
+            e["involvedObject"]["namespace"] == namespace && e["involvedObject"]["name"] == name
+        })
+        .map(|e| {
+            let text = |f: &str| e[f].as_str().unwrap_or_default().to_owned();
+            (text("type"), text("reason"), text("message"))
+        })
+        .collect()
+}
+
+/// The driver's `/metrics` text.
+pub async fn metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
 }
