@@ -13,6 +13,9 @@ use crate::publish::PodInfo;
 
 /// Longest Kubernetes object name.
 const MAX_NAME_LEN: usize = 253;
+/// `Ready` reason of a rotation that found nothing new; a `Ready=True` condition is then kept
+/// as it is, so a quiet rotation writes nothing.
+pub const UNCHANGED_REASON: &str = "Current";
 /// Optimistic-lock retries when another writer got there first.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -239,6 +242,9 @@ fn merged_conditions(
     mut new: PodStatusCondition,
 ) -> Vec<PodStatusCondition> {
     if let Some(old) = existing.iter_mut().find(|c| c.type_ == new.type_) {
+        if old.status == new.status && new.reason == UNCHANGED_REASON {
+            return existing;
+        }
         if old.status == new.status {
             new.last_transition_time = std::mem::take(&mut old.last_transition_time);
         }
@@ -265,5 +271,10 @@ mod tests {
         assert_eq!(changed[0].status, "False");
         assert_eq!(changed[0].message, "vault is sealed");
         assert_ne!(changed[0].last_transition_time, "2026-01-01T00:00:00Z");
+        let recovered = merged_conditions(changed, ready(true, UNCHANGED_REASON, ""));
+        assert_eq!(recovered[0].status, "True");
+        assert_eq!(recovered[0].reason, UNCHANGED_REASON);
+        let quiet = merged_conditions(recovered.clone(), ready(true, UNCHANGED_REASON, ""));
+        assert_eq!(quiet, recovered, "a quiet rotation changes nothing");
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::class::{self, ClassError, ClassSource};
 use crate::events::{self, PodRef, Recorder, Severity};
 use crate::metrics::Metrics;
-use crate::pod_status::{PodStatusError, PodStatusWriter};
+use crate::pod_status::{PodStatusError, PodStatusWriter, UNCHANGED_REASON};
 use crate::provider::{MountRequest, ObjectVersion, ProviderError, Registry};
 use crate::redact::SecretString;
 use crate::volume::atomic_writer::WriteOutcome;
@@ -469,7 +469,11 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
                 &request.class_name,
                 &target_str,
                 &fetched.versions,
-                if remount { "Rotated" } else { "Mounted" },
+                match (remount, fetched.changed) {
+                    (false, _) => "Mounted",
+                    (true, true) => "Rotated",
+                    (true, false) => UNCHANGED_REASON,
+                },
             )
             .await
         {
