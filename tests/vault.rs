@@ -303,8 +303,10 @@ async fn pki_issue_splits_into_certificate_and_key_with_one_request() {
     class["spec"]["parameters"]["objects"] = json!(objects);
     api.insert(GROUP, "secretproviderclasses", class);
     let mut certificates = Vec::new();
+    let mut keys = Vec::new();
     for name in ["web-1", "web-2"] {
-        let app = pod(name, "app-sa");
+        let mut app = pod(name, "app-sa");
+        app.create_in(&api, "tls", "tls", None);
         let target = driver.target(&app.uid, "tls");
         driver
             .node()
@@ -322,7 +324,27 @@ async fn pki_issue_splits_into_certificate_and_key_with_one_request() {
             "secretArgs are part of the request"
         );
         certificates.push(cert);
+        keys.push(key);
     }
+    // The synced kubernetes.io/tls Secret holds the newest mount's pair (web-2), never a mix.
+    let synced = support::eventually(Duration::from_secs(15), "web-tls with web-2's pair", || {
+        api.get("", "secrets", "team", "web-tls").filter(|s| {
+            let data = support::secret_data(s);
+            String::from_utf8_lossy(&data["tls.crt"]).trim() == certificates[1].trim()
+        })
+    })
+    .await;
+    assert_eq!(synced["type"], "kubernetes.io/tls");
+    let key = String::from_utf8(support::secret_data(&synced)["tls.key"].clone()).unwrap();
+    assert_eq!(
+        key.trim(),
+        keys[1].trim(),
+        "the key that matches the certificate"
+    );
+    assert_eq!(
+        synced["metadata"]["ownerReferences"][0]["kind"],
+        "SecretProviderClassPodStatus"
+    );
     assert_ne!(
         certificates[0], certificates[1],
         "a leased secret is never shared between pods"
