@@ -113,44 +113,40 @@ impl PodStatusWriter {
             Err(err) => return Err(api_error(err)),
         }
         // It exists: a remount, or a pod of the same name rescheduled from another node.
-        let mut attempt = 0;
-        loop {
-            let mut existing = api.get(&name).await.map_err(api_error)?;
+        let fresh = self.metadata(&name, pod);
+        let found = edit(&api, &name, |existing| {
             let before = existing.clone();
-            let fresh = self.metadata(&name, pod);
             existing
                 .metadata
                 .labels
                 .get_or_insert_default()
-                .extend(fresh.labels.unwrap_or_default());
-            existing.metadata.owner_references = fresh.owner_references;
+                .extend(fresh.labels.clone().unwrap_or_default());
+            existing
+                .metadata
+                .owner_references
+                .clone_from(&fresh.owner_references);
             let mut status = desired.status.clone().unwrap_or_default();
             status.conditions = merged_conditions(
                 existing
                     .status
-                    .clone()
+                    .take()
                     .map(|s| s.conditions)
                     .unwrap_or_default(),
                 ready(true, reason, ""),
             );
-            let unchanged = existing.status.as_ref() == Some(&status)
-                && existing.metadata.labels == before.metadata.labels
-                && existing.metadata.owner_references == before.metadata.owner_references;
-            if unchanged {
-                // A rotation that changed nothing writes nothing (and wakes no watcher).
-                return Ok(());
-            }
             existing.status = Some(status);
-            match api.replace(&name, &PostParams::default(), &existing).await {
-                Ok(_) => return Ok(()),
-                Err(kube::Error::Api(response))
-                    if response.code == 409 && attempt < CONFLICT_RETRIES =>
-                {
-                    attempt += 1;
-                }
-                Err(err) => return Err(api_error(err)),
-            }
+            // A rotation that changed nothing writes nothing (and wakes no watcher).
+            *existing != before
+        })
+        .await
+        .map_err(api_error)?;
+        if !found {
+            // Deleted between our create and our read: create it once more.
+            api.create(&PostParams::default(), &desired)
+                .await
+                .map_err(api_error)?;
         }
+        Ok(())
     }
 
     /// Marks the record `Ready=False` with the rotation error; the mounted versions stay as
@@ -162,35 +158,24 @@ impl PodStatusWriter {
         message: &str,
     ) -> Result<(), PodStatusError> {
         let name = status_name(pod, class_name)?;
-        let api_error = |source| PodStatusError::Api {
-            namespace: pod.namespace.clone(),
-            pod: pod.name.clone(),
-            source,
-        };
         let api: Api<SecretProviderClassPodStatus> =
             Api::namespaced(self.client.clone(), &pod.namespace);
-        let mut attempt = 0;
-        loop {
-            let Some(mut existing) = api.get_opt(&name).await.map_err(api_error)? else {
-                return Ok(());
-            };
+        edit(&api, &name, |existing| {
             let mut status = existing.status.take().unwrap_or_default();
-            let conditions = merged_conditions(
+            status.conditions = merged_conditions(
                 std::mem::take(&mut status.conditions),
                 ready(false, "RotationFailed", message),
             );
-            status.conditions = conditions;
             existing.status = Some(status);
-            match api.replace(&name, &PostParams::default(), &existing).await {
-                Ok(_) => return Ok(()),
-                Err(kube::Error::Api(response))
-                    if response.code == 409 && attempt < CONFLICT_RETRIES =>
-                {
-                    attempt += 1;
-                }
-                Err(err) => return Err(api_error(err)),
-            }
-        }
+            true
+        })
+        .await
+        .map(drop)
+        .map_err(|source| PodStatusError::Api {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            source,
+        })
     }
 
     fn metadata(&self, name: &str, pod: &PodInfo) -> ObjectMeta {
@@ -206,6 +191,33 @@ impl PodStatusWriter {
                 ..Default::default()
             }]),
             ..Default::default()
+        }
+    }
+}
+
+/// Reads `name`, lets `change` edit it (returning whether there is anything to write) and
+/// replaces it, retrying on conflicts with other writers. `Ok(false)` if it does not exist.
+async fn edit(
+    api: &Api<SecretProviderClassPodStatus>,
+    name: &str,
+    mut change: impl FnMut(&mut SecretProviderClassPodStatus) -> bool,
+) -> Result<bool, kube::Error> {
+    let mut attempt = 0;
+    loop {
+        let Some(mut existing) = api.get_opt(name).await? else {
+            return Ok(false);
+        };
+        if !change(&mut existing) {
+            return Ok(true);
+        }
+        match api.replace(name, &PostParams::default(), &existing).await {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(response))
+                if response.code == 409 && attempt < CONFLICT_RETRIES =>
+            {
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
         }
     }
 }

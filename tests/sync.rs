@@ -9,26 +9,13 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use support::provider::{Behaviour, FakeProvider};
 use support::{
-    Driver, FakeApiServer, Pod, eventually, pod_events, read_tree, secret_data, workload,
+    Driver, FakeApiServer, Pod, eventually, pem, pod_events, read_tree, secret_data, workload,
 };
 
 const GROUP: &str = "secrets-store.csi.x-k8s.io";
 const ALPHA: &str = "alpha-value-5d1f";
 const NESTED: &str = "nested-value-88e0";
 const WAIT: Duration = Duration::from_secs(15);
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
 
 /// A PEM bundle as providers return it: a PKCS#8 P-256 key, a leaf and an intermediate.
 fn tls_bundle() -> (String, String) {

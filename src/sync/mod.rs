@@ -382,14 +382,7 @@ impl Controller {
                     "failed to get mounted files for secretObjects of SecretProviderClass {namespace}/{class_name}: {err}"
                 );
                 self.metrics.secret_sync_error("FailedToGetMountedFiles");
-                self.events
-                    .pod_event(
-                        &pod_ref,
-                        Severity::Warning,
-                        events::FAILED_TO_CREATE_SECRET,
-                        &message,
-                    )
-                    .await;
+                self.sync_failed_event(&pod_ref, &message).await;
                 return Next::Backoff;
             }
         };
@@ -465,19 +458,23 @@ impl Controller {
                     } else {
                         tracing::warn!(pod = %status.pod_name, namespace = %namespace, error = %message, "secret sync failed");
                     }
-                    self.events
-                        .pod_event(
-                            &pod_ref,
-                            Severity::Warning,
-                            events::FAILED_TO_CREATE_SECRET,
-                            &message,
-                        )
-                        .await;
+                    self.sync_failed_event(&pod_ref, &message).await;
                 }
             }
         }
         self.metrics.secret_sync_duration(started.elapsed());
         if failed { Next::Backoff } else { Next::Done }
+    }
+
+    async fn sync_failed_event(&self, pod: &PodRef, message: &str) {
+        self.events
+            .pod_event(
+                pod,
+                Severity::Warning,
+                events::FAILED_TO_CREATE_SECRET,
+                message,
+            )
+            .await;
     }
 
     /// Names of the pod's volumes of this driver that use `class_name`.

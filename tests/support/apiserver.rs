@@ -124,21 +124,11 @@ impl Signer {
 
     /// The public key as a PEM SubjectPublicKeyInfo, for JWT auth configuration.
     fn public_key_pem(&self) -> String {
-        use base64::Engine as _;
         use ring::signature::KeyPair as _;
         // DER prefix of an id-ecPublicKey / prime256v1 SubjectPublicKeyInfo.
         let mut der = hex_bytes("3059301306072a8648ce3d020106082a8648ce3d030107034200");
         der.extend_from_slice(self.key.public_key().as_ref());
-        let body = base64::engine::general_purpose::STANDARD.encode(der);
-        let lines: Vec<&str> = body
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
-        format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-            lines.join("\n")
-        )
+        super::pem("PUBLIC KEY", &der)
     }
 }
 

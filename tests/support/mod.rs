@@ -557,3 +557,18 @@ pub async fn metrics(port: u16) -> String {
     stream.read_to_string(&mut body).await.unwrap();
     body
 }
+
+/// `der` as a PEM block with `label`, 64 characters per line.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
