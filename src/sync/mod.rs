@@ -215,17 +215,25 @@ impl Controller {
                     lock(&self.known).insert(key.clone());
                     self.enqueue(key);
                 }
-                Ok(Event::Delete(record)) => {
-                    let key = key_of(&record.metadata);
-                    lock(&self.known).remove(&key);
-                    lock(&self.failures).remove(&key);
-                }
+                Ok(Event::Delete(record)) => self.forget_record(&key_of(&record.metadata)),
                 Ok(Event::Init | Event::InitDone) => {}
                 Err(err) => {
                     tracing::warn!(error = %err, "watching SecretProviderClassPodStatus objects failed; retrying")
                 }
             }
         }
+    }
+
+    /// A record is gone (its pod was deleted): drop everything kept for it.
+    fn forget_record(&self, key: &Key) {
+        lock(&self.known).remove(key);
+        lock(&self.failures).remove(key);
+        let mut writers = lock(&self.writers);
+        writers.retain(|_, records| {
+            records.remove(key);
+            !records.is_empty()
+        });
+        lock(&self.written).retain(|secret, _| writers.contains_key(secret));
     }
 
     async fn watch_secrets(self: Arc<Self>) {
@@ -313,7 +321,7 @@ impl Controller {
         let record = match records.get_opt(name).await {
             Ok(Some(record)) => record,
             Ok(None) => {
-                lock(&self.known).remove(key);
+                self.forget_record(key);
                 return Next::Done;
             }
             Err(err) => {
