@@ -92,7 +92,7 @@ async fn secret_objects_sync_owned_by_the_pods_controller_and_bad_entries_fail_a
         return;
     }
     let api = FakeApiServer::start().await;
-    let driver = Driver::start(&api, &[]).await;
+    let driver = Driver::start(&api, &["--secret-sync-resync-interval=1s"]).await;
     let (bundle, chain) = tls_bundle();
     let indented: String = bundle.lines().map(|l| format!("  {l}\n")).collect();
     std::fs::write(
@@ -217,6 +217,29 @@ async fn secret_objects_sync_owned_by_the_pods_controller_and_bad_entries_fail_a
         secret(&api, "team", "app-secret").filter(|s| secret_data(s)["ALPHA"] == ALPHA.as_bytes())
     })
     .await;
+
+    // A changed type cannot be written in place: the Secret is replaced, keeping its owners.
+    let mut class = api
+        .get(GROUP, "secretproviderclasses", "team", "app")
+        .unwrap();
+    class["spec"]["secretObjects"][0]["type"] = json!("example.com/custom");
+    api.patch(
+        GROUP,
+        "secretproviderclasses",
+        "team",
+        "app",
+        &json!({"spec": {"secretObjects": class["spec"]["secretObjects"]}}),
+    );
+    let retyped = eventually(WAIT, "app-secret retyped on resync", || {
+        secret(&api, "team", "app-secret").filter(|s| s["type"] == "example.com/custom")
+    })
+    .await;
+    assert_ne!(retyped["metadata"]["uid"], recreated["metadata"]["uid"]);
+    assert_eq!(
+        owner_uids(&retyped),
+        [rs["metadata"]["uid"].as_str().unwrap()]
+    );
+    assert_eq!(secret_data(&retyped)["ALPHA"], ALPHA.as_bytes());
 
     let metrics = support::metrics(driver.metrics_port).await;
     assert!(
