@@ -112,11 +112,9 @@ impl Context {
             .as_ref()
             .and_then(|s| s.interval)
             .unwrap_or(node_interval);
-        let last = state.map(|s| s.fetched_at).or_else(|| {
-            std::fs::symlink_metadata(target.join("..data"))
-                .and_then(|m| m.modified())
-                .ok()
-        });
+        let last = state
+            .map(|s| s.fetched_at)
+            .or_else(|| AtomicWriter::swapped_at(target).ok());
         last.and_then(|at| at.elapsed().ok())
             .is_none_or(|age| age >= interval)
     }
@@ -610,7 +608,7 @@ fn is_published(ctx: &Context, target: &Path) -> Result<bool, PublishError> {
             }
             Ok(true)
         }
-        MountMode::PlainDir => Ok(std::fs::symlink_metadata(target.join("..data")).is_ok()),
+        MountMode::PlainDir => Ok(AtomicWriter::swapped_at(target).is_ok()),
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::redact::Secret;
+use crate::volume::AtomicWriter;
 
 /// Why a mounted volume cannot be read for sync.
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +86,7 @@ impl MountedVolume {
         let root = Path::new(target_path)
             .canonicalize()
             .map_err(|_| not_mounted())?;
-        let content_time = std::fs::symlink_metadata(root.join("..data"))
-            .and_then(|m| m.modified())
-            .map_err(|_| not_mounted())?;
+        let content_time = AtomicWriter::swapped_at(&root).map_err(|_| not_mounted())?;
         Ok(Self { root, content_time })
     }
 

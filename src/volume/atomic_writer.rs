@@ -18,6 +18,7 @@ use std::fs;
 use std::io::{self, Write as _};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use super::payload::Payload;
 
@@ -59,6 +60,12 @@ pub struct AtomicWriter {
 }
 
 impl AtomicWriter {
+    /// When the contents now visible at `target` were swapped in (the `..data` link's mtime);
+    /// an error when `target` holds no written contents. Rotation and sync both rely on it.
+    pub fn swapped_at(target: &Path) -> io::Result<SystemTime> {
+        fs::symlink_metadata(target.join(DATA_LINK))?.modified()
+    }
+
     /// A writer for `target`, which must exist.
     pub fn new(target: impl Into<PathBuf>) -> Self {
         Self {
