@@ -15,7 +15,28 @@ use crate::publish::PodInfo;
 const MAX_NAME_LEN: usize = 253;
 /// `Ready` reason of a rotation that found nothing new; a `Ready=True` condition is then kept
 /// as it is, so a quiet rotation writes nothing.
-pub const UNCHANGED_REASON: &str = "Current";
+const UNCHANGED_REASON: &str = "Current";
+
+/// What a successful fetch did to the volume, as the record reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// First mount of the volume.
+    Mounted,
+    /// A rotation swapped in new contents.
+    Rotated,
+    /// A rotation found nothing new.
+    Unchanged,
+}
+
+impl Fetch {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Mounted => "Mounted",
+            Self::Rotated => "Rotated",
+            Self::Unchanged => UNCHANGED_REASON,
+        }
+    }
+}
 /// Optimistic-lock retries when another writer got there first.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -73,15 +94,17 @@ impl PodStatusWriter {
     }
 
     /// Creates or takes over `<pod>-<namespace>-<class>`: this node's label, the pod as owner,
-    /// the versions sorted by id, and `Ready=True` with `reason` (`Mounted`, `Rotated`).
+    /// the versions sorted by id, and `Ready=True` with the fetch's reason. A first mount tries
+    /// to create the record; a rotation, whose record normally exists, edits it first.
     pub async fn record(
         &self,
         pod: &PodInfo,
         class_name: &str,
         target_path: &str,
         versions: &[ObjectVersion],
-        reason: &str,
+        fetch: Fetch,
     ) -> Result<(), PodStatusError> {
+        let reason = fetch.reason();
         let name = status_name(pod, class_name)?;
         let mut objects: Vec<SecretProviderClassObject> = versions
             .iter()
@@ -107,10 +130,12 @@ impl PodStatusWriter {
         let api: Api<SecretProviderClassPodStatus> =
             Api::namespaced(self.client.clone(), &pod.namespace);
         let desired = SecretProviderClassPodStatus::new(self.metadata(&name, pod), status);
-        match api.create(&PostParams::default(), &desired).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(response)) if response.code == 409 => {}
-            Err(err) => return Err(api_error(err)),
+        if fetch == Fetch::Mounted {
+            match api.create(&PostParams::default(), &desired).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(response)) if response.code == 409 => {}
+                Err(err) => return Err(api_error(err)),
+            }
         }
         // It exists: a remount, or a pod of the same name rescheduled from another node.
         let fresh = self.metadata(&name, pod);
@@ -141,7 +166,7 @@ impl PodStatusWriter {
         .await
         .map_err(api_error)?;
         if !found {
-            // Deleted between our create and our read: create it once more.
+            // Missing (deleted meanwhile, or a rotation's record was removed): create it.
             api.create(&PostParams::default(), &desired)
                 .await
                 .map_err(api_error)?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::class::{self, ClassError, ClassSource};
 use crate::events::{self, PodRef, Recorder, Severity};
 use crate::metrics::Metrics;
-use crate::pod_status::{PodStatusError, PodStatusWriter, UNCHANGED_REASON};
+use crate::pod_status::{Fetch, PodStatusError, PodStatusWriter};
 use crate::provider::{MountRequest, ObjectVersion, ProviderError, Registry};
 use crate::redact::SecretString;
 use crate::volume::atomic_writer::WriteOutcome;
@@ -468,9 +468,9 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
                 &target_str,
                 &fetched.versions,
                 match (remount, fetched.changed) {
-                    (false, _) => "Mounted",
-                    (true, true) => "Rotated",
-                    (true, false) => UNCHANGED_REASON,
+                    (false, _) => Fetch::Mounted,
+                    (true, true) => Fetch::Rotated,
+                    (true, false) => Fetch::Unchanged,
                 },
             )
             .await
