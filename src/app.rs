@@ -9,13 +9,14 @@ use anyhow::{Context as _, bail};
 
 use crate::class::{Class, KubeClasses, StaticClasses};
 use crate::cli::{
-    Cli, Command, CrdgenArgs, MountArgs, NodeArgs, ProviderArgs, ProviderServeArgs, UnmountArgs,
-    VaultArgs,
+    AwsArgs, Cli, Command, CrdgenArgs, MountArgs, NodeArgs, ProviderArgs, ProviderServeArgs,
+    UnmountArgs, VaultArgs,
 };
 use crate::crd::SecretProviderClass;
 use crate::csi::{self, DriverInfo, request as attr};
 use crate::metrics::{self, Metrics};
 use crate::pod_status::PodStatusWriter;
+use crate::provider::aws::{self, AwsProvider};
 use crate::provider::local::LocalProvider;
 use crate::provider::vault::{self, VaultProvider, auth::Credentials, config::TlsConfig};
 use crate::provider::version_key::VersionKey;
@@ -29,6 +30,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Runs the selected mode.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // One TLS stack for kube, Vault and AWS.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Some(Command::Node(args)) => run_node(args).await,
         Some(Command::Mount(args)) => run_mount(args).await,
@@ -104,6 +107,39 @@ fn vault_provider(
     })
 }
 
+/// The `aws` provider; `kube` and `node_name` serve IRSA and the node region lookup, and
+/// without a pod identity (`mount`) credentials come from the AWS environment.
+fn aws_provider(
+    args: &AwsArgs,
+    kube: Option<kube::Client>,
+    node_name: Option<String>,
+    pod_identity: bool,
+) -> AwsProvider {
+    let source = if pod_identity {
+        aws::auth::Source::Pod {
+            pod_identity_endpoint: args.aws_pod_identity_endpoint.clone(),
+            pod_identity_timeout: args.pod_identity_http_timeout,
+        }
+    } else {
+        aws::auth::Source::DefaultChain
+    };
+    AwsProvider::new(
+        aws::Settings {
+            region: args.aws_region.clone().filter(|r| !r.is_empty()),
+            endpoints: aws::client::Endpoints::new(
+                args.aws_endpoint_url.clone(),
+                args.aws_use_fips_endpoint,
+            ),
+            source,
+            read_cache_ttl: args.aws_read_cache_ttl,
+            concurrency: args.aws_concurrency,
+            cache_size: args.aws_cache_size,
+        },
+        kube,
+        node_name,
+    )
+}
+
 fn registry(args: &ProviderArgs) -> Registry {
     Registry::new(RegistryConfig {
         socket_dirs: args.socket_dirs(),
@@ -126,7 +162,6 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             "the node plugin must run as root to mount tmpfs volumes (securityContext.privileged: true)"
         );
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     let socket = csi::socket_path(&args.endpoint)?;
     let key = version_key(Some(&key_file_path(
@@ -144,11 +179,29 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                 providers = providers.with_builtin(vault::NAME, Arc::new(vault));
                 tracing::info!(default_address = %args.vault.vault_address, "built-in vault provider enabled");
             }
+            aws::NAME => {
+                let aws = aws_provider(
+                    &args.aws,
+                    Some(client.clone()),
+                    Some(args.nodeid.clone()),
+                    true,
+                );
+                providers = providers.with_builtin(aws::NAME, Arc::new(aws));
+                tracing::info!(
+                    region = args
+                        .aws
+                        .aws_region
+                        .as_deref()
+                        .unwrap_or("(from the node label)"),
+                    endpoint = args.aws.aws_endpoint_url.as_deref().unwrap_or("(AWS)"),
+                    "built-in aws provider enabled"
+                );
+            }
             "local" => {
                 bail!("--builtin-providers: enable `local` with --local-provider-root DIR instead")
             }
             other => bail!(
-                "--builtin-providers: {other:?} is not a built-in provider; the built-ins are: vault"
+                "--builtin-providers: {other:?} is not a built-in provider; the built-ins are: vault, aws"
             ),
         }
     }
@@ -334,6 +387,10 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         .with_builtin(
             vault::NAME,
             Arc::new(vault_provider(&args.vault, credentials, key)),
+        )
+        .with_builtin(
+            aws::NAME,
+            Arc::new(aws_provider(&args.aws, None, None, false)),
         );
     let tmpfs = mount::can_mount() && !args.plain_dir;
     let mode = if tmpfs {
@@ -424,7 +481,21 @@ async fn run_provider(args: ProviderServeArgs) -> anyhow::Result<()> {
     )));
     let provider: Arc<dyn Provider> = match args.name.as_str() {
         vault::NAME => Arc::new(vault_provider(&args.vault, Credentials::PodToken, key)),
-        other => bail!("{other:?} is not a built-in provider that can be served; use: vault"),
+        aws::NAME => {
+            let kube = match kube_client(args.kubeconfig.as_deref()).await {
+                Ok(client) => Some(client),
+                Err(err) => {
+                    tracing::warn!(
+                        error = %format!("{err:#}"),
+                        "no Kubernetes API: IRSA and the node region lookup will fail; \
+                         use Pod Identity and set AWS_REGION"
+                    );
+                    None
+                }
+            };
+            Arc::new(aws_provider(&args.aws, kube, args.node_name.clone(), true))
+        }
+        other => bail!("{other:?} is not a built-in provider that can be served; use: vault, aws"),
     };
     let shutdown = shutdown::on_signal().context("installing signal handlers")?;
     let listener = csi::bind(&socket)?;

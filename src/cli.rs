@@ -92,6 +92,39 @@ pub struct VaultArgs {
     pub vault_concurrency: usize,
 }
 
+/// Settings of the built-in `aws` provider. Each reads the environment variable the AWS tools
+/// use, where there is one.
+#[derive(Debug, Clone, Args)]
+pub struct AwsArgs {
+    /// Region when a class sets no `region`; else the node's `topology.kubernetes.io/region`.
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
+    /// Send every AWS call (STS, Secrets Manager, SSM) to this URL, e.g. a VPC endpoint or a
+    /// test server.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// Use AWS FIPS endpoints.
+    #[arg(long, env = "AWS_USE_FIPS_ENDPOINT", action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true")]
+    pub aws_use_fips_endpoint: bool,
+    /// EKS Pod Identity agent URL instead of http://169.254.170.23 and http://[fd00:ec2::23].
+    #[arg(long, env = "AWS_POD_IDENTITY_ENDPOINT")]
+    pub aws_pod_identity_endpoint: Option<String>,
+    /// Time limit of one request to the Pod Identity agent.
+    #[arg(long, env = "POD_IDENTITY_HTTP_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub pod_identity_http_timeout: Duration,
+    /// How long an AWS read is shared between pods of one workload identity; `0s` reads once
+    /// per pod.
+    #[arg(long, env = "AWS_READ_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub aws_read_cache_ttl: Duration,
+    /// AWS requests in flight per volume.
+    #[arg(long, env = "AWS_CONCURRENCY", default_value_t = 8)]
+    pub aws_concurrency: usize,
+    /// Workload identities whose AWS credentials (and shared reads) are kept.
+    #[arg(long, env = "AWS_CACHE_SIZE", default_value_t = 1000)]
+    pub aws_cache_size: usize,
+}
+
 /// Where built-in providers keep the key of their object versions.
 #[derive(Debug, Clone, Args)]
 pub struct VersionKeyArgs {
@@ -104,14 +137,23 @@ pub struct VersionKeyArgs {
 /// `provider` flags.
 #[derive(Debug, Args)]
 pub struct ProviderServeArgs {
-    /// The built-in provider to serve (`vault`).
+    /// The built-in provider to serve (`vault` or `aws`).
     pub name: String,
     /// Socket to listen on, `unix:///var/run/secrets-store-csi-providers/<name>.sock`.
     #[arg(long, env = "PROVIDER_ENDPOINT")]
     pub endpoint: String,
+    /// This node's name, so `aws` finds the region label without reading the pod.
+    #[arg(long, env = "KUBE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Kubeconfig file; in-cluster configuration is used without it.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Vault settings.
     #[command(flatten)]
     pub vault: VaultArgs,
+    /// AWS settings.
+    #[command(flatten)]
+    pub aws: AwsArgs,
     /// Object version key.
     #[command(flatten)]
     pub version_key: VersionKeyArgs,
@@ -237,12 +279,15 @@ pub struct NodeArgs {
         long,
         env = "BUILTIN_PROVIDERS",
         value_delimiter = ',',
-        default_value = "vault"
+        default_value = "vault,aws"
     )]
     pub builtin_providers: Vec<String>,
     /// Vault settings.
     #[command(flatten)]
     pub vault: VaultArgs,
+    /// AWS settings.
+    #[command(flatten)]
+    pub aws: AwsArgs,
     /// Object version key.
     #[command(flatten)]
     pub version_key: VersionKeyArgs,
@@ -290,6 +335,9 @@ pub struct MountArgs {
     /// JWT to log in with (JWT or Kubernetes auth, the class's `roleName`) instead of a token.
     #[arg(long, env = "VAULT_JWT_FILE")]
     pub vault_jwt_file: Option<PathBuf>,
+    /// AWS settings; credentials come from the AWS environment (variables, profile).
+    #[command(flatten)]
+    pub aws: AwsArgs,
     /// Object version key; without it versions are only comparable within one run.
     #[command(flatten)]
     pub version_key: VersionKeyArgs,

@@ -3,6 +3,7 @@
 //!
 //! Nothing here knows about protobuf; `external` converts at the socket edge.
 
+pub mod aws;
 pub mod external;
 pub mod local;
 mod registry;
@@ -259,6 +260,48 @@ impl ProviderError {
             }
             _ => "GRPCProviderError".to_owned(),
         }
+    }
+}
+
+/// Why the pod's token for an audience is not usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// Kubelet sent no `serviceAccount.tokens` attribute at all.
+    NotProvided,
+    /// The attribute is not the JSON object kubelet sends.
+    Malformed,
+    /// No token for this audience (it is not in the CSIDriver's `tokenRequests`).
+    Missing,
+    /// The token for this audience is empty.
+    Empty,
+}
+
+/// The pod's token for `audience` from kubelet's `serviceAccount.tokens` attribute
+/// (`{"<audience>": {"token": "...", "expirationTimestamp": "..."}}`).
+pub fn pod_token(
+    tokens: Option<&SecretString>,
+    audience: &str,
+) -> Result<SecretString, TokenError> {
+    #[derive(serde::Deserialize)]
+    struct PodToken {
+        token: String,
+    }
+    let tokens = tokens.ok_or(TokenError::NotProvided)?;
+    let mut parsed: std::collections::HashMap<String, PodToken> =
+        serde_json::from_str(tokens.expose()).map_err(|_| TokenError::Malformed)?;
+    let token = parsed.remove(audience).ok_or(TokenError::Missing)?.token;
+    if token.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    Ok(crate::redact::Secret::new(token))
+}
+
+/// Go's `strconv.ParseBool`, which upstream providers use for boolean parameters.
+pub fn parse_go_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
     }
 }
 

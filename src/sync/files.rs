@@ -1,10 +1,10 @@
 //! Reading a pod's mounted files for sync, only after proving the path is that pod's volume.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::redact::Secret;
-use crate::volume::AtomicWriter;
+use crate::volume::{self, AtomicWriter, ReadError};
 
 /// Why a mounted volume cannot be read for sync.
 #[derive(Debug, thiserror::Error)]
@@ -92,30 +92,15 @@ impl MountedVolume {
 
     /// The contents of the file mounted as `object_name` (nested paths allowed).
     pub fn read(&self, object_name: &str) -> Result<Secret<Vec<u8>>, FilesError> {
-        let relative = Path::new(object_name);
-        let clean = !object_name.is_empty()
-            && relative
-                .components()
-                .all(|c| matches!(c, Component::Normal(_)))
-            && !object_name.starts_with("..");
-        if !clean {
-            return Err(FilesError::BadObjectName(object_name.to_owned()));
-        }
-        let missing = || FilesError::Missing(object_name.to_owned());
-        let path = self
-            .root
-            .join(relative)
-            .canonicalize()
-            .map_err(|_| missing())?;
-        // The visible names are links into `..data`; anything resolving elsewhere is refused.
-        if !path.starts_with(&self.root) || !path.is_file() {
-            return Err(missing());
-        }
-        std::fs::read(&path)
+        volume::read_published(&self.root, object_name)
             .map(Secret::new)
-            .map_err(|source| FilesError::Read {
-                name: object_name.to_owned(),
-                source,
+            .map_err(|err| match err {
+                ReadError::BadName => FilesError::BadObjectName(object_name.to_owned()),
+                ReadError::Missing => FilesError::Missing(object_name.to_owned()),
+                ReadError::Io(source) => FilesError::Read {
+                    name: object_name.to_owned(),
+                    source,
+                },
             })
     }
 }

@@ -180,6 +180,13 @@ fn default_resources() -> Vec<ResourceInfo> {
         core("events", "Event"),
         core("serviceaccounts", "ServiceAccount"),
         ResourceInfo {
+            group: "",
+            resource: "nodes",
+            kind: "Node",
+            namespaced: false,
+            versions: vec!["v1"],
+        },
+        ResourceInfo {
             group: "events.k8s.io",
             resource: "events",
             kind: "Event",

@@ -2,7 +2,6 @@
 //! identity (Vault address and namespace, auth mount, role, audience, pod namespace and service
 //! account) and never across identities.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +11,8 @@ use serde::Deserialize;
 use super::NAME;
 use super::client::{Call, Reply, Transport, TransportError};
 use super::config::{TlsConfig, VolumeConfig};
-use crate::provider::ProviderError;
 use crate::provider::shared_cache::SharedCache;
+use crate::provider::{ProviderError, TokenError, pod_token};
 use crate::redact::{Secret, SecretString};
 
 /// Where a volume's Vault token comes from.
@@ -74,14 +73,6 @@ pub struct Auth {
     credentials: Credentials,
     transport: Arc<Transport>,
     tokens: SharedCache<Identity, VaultToken>,
-}
-
-#[derive(Deserialize)]
-struct PodTokens(HashMap<String, PodToken>);
-
-#[derive(Deserialize)]
-struct PodToken {
-    token: String,
 }
 
 #[derive(Deserialize)]
@@ -305,18 +296,13 @@ impl Auth {
                         config.audience
                     ))
                 };
-                let tokens = pod_tokens.ok_or_else(missing)?;
-                let PodTokens(mut tokens) =
-                    serde_json::from_str(tokens.expose()).map_err(|_| {
-                        unauthenticated(
+                pod_token(pod_tokens, &config.audience).map_err(|err| match err {
+                    TokenError::Malformed => unauthenticated(
                         "the service-account tokens from kubelet are not the expected JSON object"
                             .to_owned(),
-                    )
-                    })?;
-                tokens
-                    .remove(&config.audience)
-                    .map(|t| Secret::new(t.token))
-                    .ok_or_else(missing)
+                    ),
+                    TokenError::NotProvided | TokenError::Missing | TokenError::Empty => missing(),
+                })
             }
         }
     }

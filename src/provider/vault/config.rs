@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::NAME;
 use crate::csi::request::{POD_NAME, POD_NAMESPACE, POD_UID, SERVICE_ACCOUNT};
-use crate::provider::ProviderError;
+use crate::provider::{ProviderError, parse_go_bool};
 
 /// Defaults for what a SecretProviderClass leaves out (flags, then `VAULT_*` environment).
 #[derive(Debug, Clone)]
@@ -226,7 +226,7 @@ pub fn parse(
         ));
     }
     if let Some(text) = get("vaultSkipTLSVerify") {
-        tls.skip_verify = parse_bool(text).ok_or_else(|| {
+        tls.skip_verify = parse_go_bool(text).ok_or_else(|| {
             invalid(format!(
                 "vaultSkipTLSVerify {text:?} is not a boolean; use \"true\" or \"false\""
             ))
@@ -259,15 +259,6 @@ pub fn parse(
         },
         objects,
     })
-}
-
-/// Go's `strconv.ParseBool`, which upstream uses.
-fn parse_bool(text: &str) -> Option<bool> {
-    match text {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
-    }
 }
 
 fn parse_objects(text: &str) -> Result<Vec<ObjectConfig>, ProviderError> {

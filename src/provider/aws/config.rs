@@ -1,0 +1,494 @@
+//! SecretProviderClass parameters of the AWS provider (ASCP), parsed and validated before any
+//! AWS call. Messages keep ASCP's wording, which users search for, and add which object and
+//! field is wrong.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+
+use super::NAME;
+use crate::csi::request::{POD_NAME, POD_NAMESPACE, SERVICE_ACCOUNT};
+use crate::provider::{ProviderError, parse_go_bool};
+
+/// Where an object lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// AWS Secrets Manager.
+    SecretsManager,
+    /// SSM Parameter Store.
+    Parameter,
+}
+
+/// Which Pod Identity agent address to try (`preferredAddressType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressType {
+    /// IPv4 first, then IPv6.
+    Auto,
+    /// Only the IPv4 agent address.
+    Ipv4,
+    /// Only the IPv6 agent address.
+    Ipv6,
+}
+
+/// One stored value as asked of AWS: the unit of fetching, sharing and version skipping.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Read {
+    /// Secrets Manager or SSM.
+    pub kind: Kind,
+    /// Name or ARN, as written in the class.
+    pub name: String,
+    /// Secrets Manager `VersionId` or SSM version number.
+    pub version: Option<String>,
+    /// Secrets Manager `VersionStage` or SSM label.
+    pub label: Option<String>,
+}
+
+/// A field of the secret's JSON written as a file of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JmesEntry {
+    /// The JMESPath expression.
+    pub path: String,
+    /// The file it is written to.
+    pub alias: String,
+    /// File mode; the parent object's when unset.
+    pub mode: Option<u32>,
+}
+
+/// One `objects` entry, validated.
+#[derive(Debug, Clone)]
+pub struct Object {
+    /// What to read in the primary region.
+    pub read: Read,
+    /// What to read in the failover region, when there is one.
+    pub failover: Option<Read>,
+    /// `objectAlias`, if set.
+    pub alias: Option<String>,
+    /// File name relative to the volume (the alias, else the translated name); also the
+    /// object version's id.
+    pub file: String,
+    /// File mode, else the driver's default.
+    pub mode: Option<u32>,
+    /// Fields extracted into files of their own.
+    pub jmes: Vec<JmesEntry>,
+}
+
+/// A volume's configuration.
+#[derive(Debug, Clone)]
+pub struct VolumeConfig {
+    /// The region objects are read from.
+    pub region: String,
+    /// The region tried when the primary fails with a server error or timeout.
+    pub failover_region: Option<String>,
+    /// Exchange the pod's token with the EKS Pod Identity agent instead of STS (IRSA).
+    pub use_pod_identity: bool,
+    /// Pod Identity agent address family.
+    pub address_type: AddressType,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod_name: String,
+    /// Pod service account.
+    pub service_account: String,
+    /// The objects, in class order.
+    pub objects: Vec<Object>,
+}
+
+/// The class's `region` parameter, if set; the caller resolves a missing one.
+pub fn region_parameter(parameters: &BTreeMap<String, String>) -> Option<String> {
+    parameters
+        .get("region")
+        .map(|r| r.trim())
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+}
+
+/// Parses a volume's parameters; `region` is the resolved primary region.
+pub fn parse(
+    parameters: &BTreeMap<String, String>,
+    region: &str,
+) -> Result<VolumeConfig, ProviderError> {
+    let get = |key: &str| {
+        parameters
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    let failover_region = get("failoverRegion").map(str::to_owned);
+    if failover_region.as_deref() == Some(region) {
+        return Err(invalid(format!(
+            "{region}: failover region cannot be the same as the primary region; \
+             set failoverRegion to another region or remove it"
+        )));
+    }
+    let translation = match get("pathTranslation") {
+        None => Some('_'),
+        Some(text) if text.eq_ignore_ascii_case("false") => None,
+        Some(text) if text.chars().count() == 1 => text.chars().next(),
+        Some(text) => {
+            return Err(invalid(format!(
+                "pathTranslation must be either 'False' or a single character string, not {text:?}"
+            )));
+        }
+    };
+    let use_pod_identity = match get("usePodIdentity") {
+        None => false,
+        Some(text) => parse_go_bool(text).ok_or_else(|| {
+            invalid(format!(
+                "failed to parse usePodIdentity value {text:?}: use \"true\" or \"false\""
+            ))
+        })?,
+    };
+    let address_type = match get("preferredAddressType").map(str::to_ascii_lowercase) {
+        Some(t) if t == "ipv4" => AddressType::Ipv4,
+        Some(t) if t == "ipv6" => AddressType::Ipv6,
+        Some(t) if t != "auto" => {
+            tracing::warn!(
+                preferred_address_type = %t,
+                "unknown preferredAddressType, using auto (IPv4, then IPv6)"
+            );
+            AddressType::Auto
+        }
+        _ => AddressType::Auto,
+    };
+    let regions = Regions {
+        primary: region,
+        failover: failover_region.as_deref(),
+    };
+    let objects = parse_objects(get("objects").unwrap_or_default(), &regions, translation)?;
+    Ok(VolumeConfig {
+        region: region.to_owned(),
+        failover_region,
+        use_pod_identity,
+        address_type,
+        namespace: get(POD_NAMESPACE).unwrap_or_default().to_owned(),
+        pod_name: get(POD_NAME).unwrap_or_default().to_owned(),
+        service_account: get(SERVICE_ACCOUNT).unwrap_or_default().to_owned(),
+        objects,
+    })
+}
+
+fn invalid(message: String) -> ProviderError {
+    ProviderError::InvalidParameters {
+        provider: NAME.to_owned(),
+        message,
+    }
+}
+
+struct Regions<'a> {
+    primary: &'a str,
+    failover: Option<&'a str>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawObject {
+    object_name: String,
+    object_type: String,
+    object_alias: String,
+    object_version: String,
+    object_version_label: String,
+    file_permission: String,
+    jmes_path: Vec<RawJmes>,
+    failover_object: Option<RawFailover>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawJmes {
+    path: String,
+    object_alias: String,
+    file_permission: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct RawFailover {
+    object_name: String,
+    object_version: String,
+    object_version_label: String,
+}
+
+fn parse_objects(
+    text: &str,
+    regions: &Regions<'_>,
+    translation: Option<char>,
+) -> Result<Vec<Object>, ProviderError> {
+    let raw: Vec<Option<RawObject>> = serde_saphyr::from_str(text).map_err(|err| {
+        invalid(format!(
+            "Failed to load SecretProviderClass: objects is not a YAML list of \
+             {{objectName, objectType, objectAlias, objectVersion, objectVersionLabel, \
+             filePermission, jmesPath, failoverObject}}: {err}"
+        ))
+    })?;
+    if raw.is_empty() {
+        return Err(invalid(
+            "no objects: set the `objects` parameter to a YAML list with at least one objectName"
+                .to_owned(),
+        ));
+    }
+    let mut objects = Vec::with_capacity(raw.len());
+    for (index, entry) in raw.into_iter().enumerate() {
+        let Some(entry) = entry else {
+            return Err(invalid(format!(
+                "objects[{index}]: Empty descriptor entry in SecretProviderClass"
+            )));
+        };
+        objects.push(
+            parse_object(entry, regions, translation)
+                .map_err(|message| invalid(format!("objects[{index}]: {message}")))?,
+        );
+    }
+    check_duplicates(&objects)?;
+    Ok(objects)
+}
+
+fn parse_object(
+    raw: RawObject,
+    regions: &Regions<'_>,
+    translation: Option<char>,
+) -> Result<Object, String> {
+    let name = raw.object_name.trim().to_owned();
+    if name.is_empty() {
+        return Err("Object name must be specified (objectName)".to_owned());
+    }
+    let kind = object_kind(&name, raw.object_type.trim(), regions.primary)?;
+    let version = non_empty(&raw.object_version);
+    let label = non_empty(&raw.object_version_label);
+    if kind == Kind::Parameter && version.is_some() && label.is_some() {
+        return Err(format!(
+            "ssm parameters can not specify both objectVersion and objectVersionLabel: {name}"
+        ));
+    }
+    let alias = non_empty(&raw.object_alias);
+    let file = match &alias {
+        Some(alias) => alias.clone(),
+        None => translate(&name, translation),
+    };
+    check_traversal(&file, "objectAlias")?;
+    let mode = permission(&raw.file_permission, "filePermission")?;
+
+    let mut jmes = Vec::with_capacity(raw.jmes_path.len());
+    for (index, entry) in raw.jmes_path.into_iter().enumerate() {
+        let path = entry.path.trim().to_owned();
+        if path.is_empty() {
+            return Err(format!(
+                "jmesPath[{index}]: Path must be specified for JMES object {name}"
+            ));
+        }
+        let alias = entry.object_alias.trim().to_owned();
+        if alias.is_empty() {
+            return Err(format!(
+                "jmesPath[{index}]: Object alias must be specified for JMES object {name} (path {path})"
+            ));
+        }
+        check_traversal(&alias, &format!("jmesPath[{index}].objectAlias"))?;
+        let mode = permission(
+            &entry.file_permission,
+            &format!("jmesPath[{index}].filePermission"),
+        )?;
+        jmes.push(JmesEntry { path, alias, mode });
+    }
+
+    let failover = match (raw.failover_object, regions.failover) {
+        (Some(_), None) => {
+            return Err(format!(
+                "failover object allowed only when failover region is defined: {name}; \
+                 set the failoverRegion parameter or remove failoverObject"
+            ));
+        }
+        (Some(object), Some(region)) => {
+            if alias.is_none() {
+                return Err(format!(
+                    "object alias must be specified for objects with failover entries: {name}"
+                ));
+            }
+            if non_empty(&object.object_version) != version {
+                return Err(format!(
+                    "object versions must match between primary and failover regions: {name}"
+                ));
+            }
+            let failover_name = object.object_name.trim().to_owned();
+            if failover_name.is_empty() {
+                return Err(format!(
+                    "failoverObject.objectName: Object name must be specified for the failover of {name}"
+                ));
+            }
+            let failover_kind = object_kind(&failover_name, raw.object_type.trim(), region)?;
+            if failover_kind != kind {
+                return Err(format!(
+                    "failoverObject.objectName: objectType does not match ARN: {failover_name}"
+                ));
+            }
+            Some(Read {
+                kind,
+                name: failover_name,
+                version: non_empty(&object.object_version),
+                label: non_empty(&object.object_version_label).or_else(|| label.clone()),
+            })
+        }
+        (None, Some(region)) => {
+            if name.starts_with("arn:") {
+                check_arn_region(&name, region)?;
+            }
+            Some(Read {
+                kind,
+                name: name.clone(),
+                version: version.clone(),
+                label: label.clone(),
+            })
+        }
+        (None, None) => None,
+    };
+
+    Ok(Object {
+        read: Read {
+            kind,
+            name,
+            version,
+            label,
+        },
+        failover,
+        alias,
+        file,
+        mode,
+        jmes,
+    })
+}
+
+/// The object's kind from its ARN or `objectType`, checking that they agree and that an ARN
+/// names `region`.
+fn object_kind(name: &str, object_type: &str, region: &str) -> Result<Kind, String> {
+    let declared = match object_type {
+        "" => None,
+        "secretsmanager" => Some(Kind::SecretsManager),
+        "ssmparameter" => Some(Kind::Parameter),
+        other => {
+            return Err(format!(
+                "Invalid objectType: {other}; use secretsmanager or ssmparameter"
+            ));
+        }
+    };
+    if !name.starts_with("arn:") {
+        return declared.ok_or_else(|| {
+            format!(
+                "Must use objectType when a full ARN is not specified: {name}; \
+                 add objectType: secretsmanager or objectType: ssmparameter"
+            )
+        });
+    }
+    let parts: Vec<&str> = name.splitn(6, ':').collect();
+    if parts.len() != 6 || parts[2].is_empty() || parts[5].is_empty() {
+        return Err(format!(
+            "Invalid ARN format in object name: {name}; expected arn:aws:<service>:<region>:<account>:<resource>"
+        ));
+    }
+    let from_arn = match parts[2] {
+        "secretsmanager" => Kind::SecretsManager,
+        "ssm" => Kind::Parameter,
+        other => {
+            return Err(format!(
+                "Invalid service in ARN: {other}; use a secretsmanager or ssm ARN"
+            ));
+        }
+    };
+    if declared.is_some_and(|d| d != from_arn) {
+        return Err(format!("objectType does not match ARN: {name}"));
+    }
+    check_arn_region(name, region)?;
+    Ok(from_arn)
+}
+
+fn check_arn_region(arn: &str, region: &str) -> Result<(), String> {
+    match arn.split(':').nth(3) {
+        Some(arn_region) if arn_region == region => Ok(()),
+        _ => Err(format!("ARN region must match region {region}: {arn}")),
+    }
+}
+
+/// ASCP's file name: `/` replaced by the translation character, or kept (leading ones
+/// dropped) when translation is off.
+fn translate(name: &str, translation: Option<char>) -> String {
+    match translation {
+        Some(c) => name.replace('/', &c.to_string()),
+        None => name.trim_start_matches('/').to_owned(),
+    }
+}
+
+/// Refuses `..` as a path segment (`foo..` and `..foo` are ordinary names).
+fn check_traversal(path: &str, field: &str) -> Result<(), String> {
+    if path.split('/').any(|segment| segment == "..") {
+        return Err(format!("{field}: path can not contain ../: {path}"));
+    }
+    Ok(())
+}
+
+fn permission(text: &str, field: &str) -> Result<Option<u32>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let valid = text.len() == 4 && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    if !valid {
+        return Err(format!(
+            "{field}: Invalid File Permission: {text}; use 4 octal digits such as \"0640\""
+        ));
+    }
+    Ok(u32::from_str_radix(text, 8).ok())
+}
+
+fn non_empty(text: &str) -> Option<String> {
+    Some(text.trim())
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+}
+
+/// ASCP's duplicate rules (one name may be listed again only with another alias or version
+/// label; aliases are unique), plus one it lacks: no two files with one name.
+fn check_duplicates(objects: &[Object]) -> Result<(), ProviderError> {
+    let mut by_name: BTreeMap<&str, Vec<&Object>> = BTreeMap::new();
+    for object in objects {
+        by_name.entry(&object.read.name).or_default().push(object);
+    }
+    for (name, group) in &by_name {
+        for (i, a) in group.iter().enumerate() {
+            for b in &group[i + 1..] {
+                if a.alias != b.alias || a.read.label != b.read.label {
+                    continue;
+                }
+                let alias_part = match &a.alias {
+                    Some(alias) => format!("duplicate object alias {alias}"),
+                    None => "no object alias".to_owned(),
+                };
+                let label_part = match &a.read.label {
+                    Some(label) => format!("duplicate version label {label}"),
+                    None => "no version label".to_owned(),
+                };
+                return Err(invalid(format!(
+                    "found descriptor with duplicate object name {name}, {alias_part}, and {label_part}; \
+                     give each entry its own objectAlias"
+                )));
+            }
+        }
+    }
+    let mut files = BTreeSet::new();
+    for object in objects {
+        if !files.insert(object.file.as_str()) {
+            return Err(invalid(format!(
+                "found duplicate object alias {}: two objects would be written to the same file; \
+                 give each its own objectAlias",
+                object.file
+            )));
+        }
+    }
+    for object in objects {
+        for entry in &object.jmes {
+            if !files.insert(entry.alias.as_str()) {
+                return Err(invalid(format!(
+                    "Name already in use for objectAlias: found duplicate object alias {} in JMES path entry {}",
+                    entry.alias, entry.path
+                )));
+            }
+        }
+    }
+    Ok(())
+}

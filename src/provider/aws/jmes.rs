@@ -1,0 +1,144 @@
+//! `jmesPath` entries: string fields of a JSON secret written as files of their own.
+//!
+//! Each failure names what the user got wrong (the expression, the field, or a secret that is
+//! not JSON) instead of ASCP's "Failed to fetch secret from all regions" (aws#552). Messages
+//! never quote the secret.
+
+use super::config::JmesEntry;
+
+/// Why a field could not be extracted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JmesError {
+    /// The secret is not JSON (or not UTF-8).
+    #[error(
+        "Invalid JSON used with jmesPath in secret: {object}. The secret value must be a JSON \
+         object to extract fields from it; remove jmesPath or store JSON"
+    )]
+    NotJson {
+        /// The object's name.
+        object: String,
+    },
+    /// The expression does not parse.
+    #[error("Invalid JMES Path: {path}. {reason}")]
+    BadPath {
+        /// The expression.
+        path: String,
+        /// The parser's message (about the expression only).
+        reason: String,
+    },
+    /// Nothing is at the path.
+    #[error(
+        "JMES Path - {path} for object alias - {alias} does not point to a valid object. \
+         Check the field name in {object} (names with '-' need quotes: '\"my-key\"')"
+    )]
+    Missing {
+        /// The expression.
+        path: String,
+        /// The file it was for.
+        alias: String,
+        /// The object's name.
+        object: String,
+    },
+    /// The path selects a number, list or object.
+    #[error("Invalid JMES search result type for path:{path}. Only string is allowed.")]
+    NotString {
+        /// The expression.
+        path: String,
+    },
+}
+
+/// The value of each entry, in order.
+pub fn extract(
+    object: &str,
+    secret: &[u8],
+    entries: &[JmesEntry],
+) -> Result<Vec<Vec<u8>>, JmesError> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let not_json = || JmesError::NotJson {
+        object: object.to_owned(),
+    };
+    let text = std::str::from_utf8(secret).map_err(|_| not_json())?;
+    let data = jmespath::Variable::from_json(text).map_err(|_| not_json())?;
+    let data = std::rc::Rc::new(data);
+    entries
+        .iter()
+        .map(|entry| {
+            let expression = jmespath::compile(&entry.path).map_err(|err| JmesError::BadPath {
+                path: entry.path.clone(),
+                reason: err.reason.to_string(),
+            })?;
+            let found = expression
+                .search(data.clone())
+                .map_err(|err| JmesError::BadPath {
+                    path: entry.path.clone(),
+                    reason: err.reason.to_string(),
+                })?;
+            if found.is_null() {
+                return Err(JmesError::Missing {
+                    path: entry.path.clone(),
+                    alias: entry.alias.clone(),
+                    object: object.to_owned(),
+                });
+            }
+            found
+                .as_string()
+                .map(|s| s.clone().into_bytes())
+                .ok_or_else(|| JmesError::NotString {
+                    path: entry.path.clone(),
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> JmesEntry {
+        JmesEntry {
+            path: path.to_owned(),
+            alias: "out".to_owned(),
+            mode: None,
+        }
+    }
+
+    #[test]
+    fn string_fields_are_extracted_including_quoted_names() {
+        let secret = br#"{"username":"app","db-host":"h","nested":{"port":"5432"}}"#;
+        let values = extract(
+            "db",
+            secret,
+            &[
+                entry("username"),
+                entry("\"db-host\""),
+                entry("nested.port"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            values,
+            vec![b"app".to_vec(), b"h".to_vec(), b"5432".to_vec()]
+        );
+    }
+
+    #[test]
+    fn each_failure_says_what_is_wrong_without_the_value() {
+        let secret = br#"{"password":"hunter2","port":5432,"nested":{"a":"b"}}"#;
+        let err = |path: &str| extract("db", secret, &[entry(path)]).unwrap_err();
+        assert!(matches!(err("missing"), JmesError::Missing { .. }));
+        assert!(matches!(err("port"), JmesError::NotString { .. }));
+        assert!(matches!(err("nested"), JmesError::NotString { .. }));
+        assert!(matches!(err("a.["), JmesError::BadPath { .. }));
+        assert_eq!(
+            extract("db", b"hunter2 is not json", &[entry("x")]).unwrap_err(),
+            JmesError::NotJson {
+                object: "db".to_owned()
+            }
+        );
+        for path in ["missing", "port", "a.["] {
+            assert!(!err(path).to_string().contains("hunter2"));
+        }
+    }
+}
