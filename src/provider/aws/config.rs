@@ -492,3 +492,277 @@ fn check_duplicates(objects: &[Object]) -> Result<(), ProviderError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_objects_text(objects: &str) -> Result<VolumeConfig, String> {
+        let parameters = BTreeMap::from([("objects".to_owned(), objects.to_owned())]);
+        parse(&parameters, "us-east-1").map_err(|e| e.to_string())
+    }
+
+    fn error(objects: &str) -> String {
+        parse_objects_text(objects).unwrap_err()
+    }
+
+    #[test]
+    fn file_names_follow_alias_then_translated_name() {
+        let config = parse_objects_text(
+            "- {objectName: /app/db, objectType: ssmparameter}\n\
+             - {objectName: app/key, objectType: secretsmanager, objectAlias: key.pem}\n\
+             - {objectName: 'arn:aws:secretsmanager:us-east-1:1:secret:x-AbC'}",
+        )
+        .unwrap();
+        let files: Vec<&str> = config.objects.iter().map(|o| o.file.as_str()).collect();
+        assert_eq!(
+            files,
+            [
+                "_app_db",
+                "key.pem",
+                "arn:aws:secretsmanager:us-east-1:1:secret:x-AbC"
+            ]
+        );
+        assert_eq!(config.objects[2].read.kind, Kind::SecretsManager);
+
+        let mut parameters = BTreeMap::from([
+            (
+                "objects".to_owned(),
+                "- {objectName: /app/db, objectType: ssmparameter}".to_owned(),
+            ),
+            ("pathTranslation".to_owned(), "False".to_owned()),
+        ]);
+        let config = parse(&parameters, "us-east-1").unwrap();
+        assert_eq!(config.objects[0].file, "app/db");
+        parameters.insert("pathTranslation".to_owned(), "-".to_owned());
+        assert_eq!(
+            parse(&parameters, "us-east-1").unwrap().objects[0].file,
+            "-app-db"
+        );
+    }
+
+    #[test]
+    fn descriptor_errors_use_ascps_wording_and_name_the_object() {
+        for (objects, expected) in [
+            (
+                "- {objectType: secretsmanager}",
+                "objects[0]: Object name must be specified",
+            ),
+            (
+                "- {objectName: x}",
+                "Must use objectType when a full ARN is not specified: x",
+            ),
+            (
+                "- {objectName: x, objectType: vault}",
+                "Invalid objectType: vault",
+            ),
+            (
+                "- {objectName: 'arn:aws:s3:us-east-1:1:x'}",
+                "Invalid service in ARN: s3",
+            ),
+            (
+                "- {objectName: 'arn:aws:secretsmanager'}",
+                "Invalid ARN format in object name",
+            ),
+            (
+                "- {objectName: 'arn:aws:ssm:us-east-1:1:parameter/x', objectType: secretsmanager}",
+                "objectType does not match ARN",
+            ),
+            (
+                "- {objectName: 'arn:aws:ssm:eu-west-1:1:parameter/x'}",
+                "ARN region must match region us-east-1",
+            ),
+            (
+                "- {objectName: p, objectType: ssmparameter, objectVersion: '1', objectVersionLabel: l}",
+                "ssm parameters can not specify both objectVersion and objectVersionLabel: p",
+            ),
+            (
+                "- {objectName: x, objectType: secretsmanager, filePermission: '644'}",
+                "Invalid File Permission: 644",
+            ),
+            (
+                "- {objectName: x, objectType: secretsmanager, filePermission: '0800'}",
+                "Invalid File Permission: 0800",
+            ),
+            (
+                "- {objectName: x, objectType: secretsmanager, objectAlias: a/../b}",
+                "path can not contain ../",
+            ),
+            (
+                "- {objectName: x, objectType: secretsmanager, objectAlias: ..}",
+                "path can not contain ../",
+            ),
+            (
+                "- {objectName: x, objectType: secretsmanager, jmesPath: [{objectAlias: a}]}",
+                "jmesPath[0]: Path must be specified for JMES object x",
+            ),
+            (
+                "- {objectName: x, objectType: secretsmanager, jmesPath: [{path: a}]}",
+                "Object alias must be specified for JMES object x",
+            ),
+            (
+                "- {objectName: x, objectType: secretsmanager, jmesPath: [{path: a, objectAlias: ../a}]}",
+                "jmesPath[0].objectAlias: path can not contain ../",
+            ),
+            ("- ", "Empty descriptor entry in SecretProviderClass"),
+            ("array:\n  - x", "Failed to load SecretProviderClass"),
+            ("[]", "no objects"),
+        ] {
+            let message = error(objects);
+            assert!(message.contains(expected), "{objects}: {message}");
+            assert!(message.starts_with("provider \"aws\""), "{message}");
+        }
+    }
+
+    #[test]
+    fn dots_inside_names_are_not_traversal() {
+        parse_objects_text(
+            "- {objectName: x, objectType: secretsmanager, objectAlias: ..foo}\n\
+             - {objectName: y, objectType: secretsmanager, objectAlias: foo..}",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn duplicates_follow_ascps_matrix() {
+        let sm = |extra: &str| format!("- {{objectName: n, objectType: secretsmanager{extra}}}\n");
+        for (objects, expected) in [
+            (
+                sm("") + &sm(""),
+                Some("duplicate object name n, no object alias, and no version label"),
+            ),
+            (
+                sm(", objectAlias: a") + &sm(", objectAlias: a"),
+                Some("duplicate object name n, duplicate object alias a, and no version label"),
+            ),
+            (
+                sm(", objectVersionLabel: L") + &sm(", objectVersionLabel: L"),
+                Some("duplicate object name n, no object alias, and duplicate version label L"),
+            ),
+            (
+                sm(", objectAlias: a, objectVersionLabel: L")
+                    + &sm(", objectAlias: a, objectVersionLabel: L"),
+                Some("duplicate object alias a, and duplicate version label L"),
+            ),
+            (sm(", objectAlias: a") + &sm(", objectAlias: b"), None),
+            (
+                sm(", objectAlias: a") + &sm(", objectAlias: b, objectVersionLabel: AWSPREVIOUS"),
+                None,
+            ),
+            // Two names into one file: ASCP writes one over the other; refused here.
+            (
+                sm(", objectAlias: a")
+                    + "- {objectName: m, objectType: secretsmanager, objectAlias: a}\n",
+                Some("found duplicate object alias a"),
+            ),
+            (
+                sm(", objectAlias: a, jmesPath: [{path: x, objectAlias: a}]"),
+                Some(
+                    "Name already in use for objectAlias: found duplicate object alias a in JMES path entry x",
+                ),
+            ),
+        ] {
+            match (parse_objects_text(&objects), expected) {
+                (Ok(_), None) => {}
+                (Err(message), Some(expected)) => {
+                    assert!(message.contains(expected), "{objects}: {message}")
+                }
+                (outcome, _) => panic!("{objects}: {outcome:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn failover_entries_are_checked_against_the_failover_region() {
+        let parse_with = |objects: &str| {
+            let parameters = BTreeMap::from([
+                ("objects".to_owned(), objects.to_owned()),
+                ("failoverRegion".to_owned(), "us-west-2".to_owned()),
+            ]);
+            parse(&parameters, "us-east-1").map_err(|e| e.to_string())
+        };
+        let config = parse_with(
+            "- {objectName: 'arn:aws:secretsmanager:us-east-1:1:secret:db-AbC', objectAlias: db, \
+               failoverObject: {objectName: 'arn:aws:secretsmanager:us-west-2:1:secret:db-XyZ'}}\n\
+             - {objectName: plain, objectType: ssmparameter, objectVersionLabel: prod}",
+        )
+        .unwrap();
+        assert_eq!(config.failover_region.as_deref(), Some("us-west-2"));
+        let failover = config.objects[0].failover.as_ref().unwrap();
+        assert_eq!(
+            failover.name,
+            "arn:aws:secretsmanager:us-west-2:1:secret:db-XyZ"
+        );
+        assert_eq!(
+            config.objects[1]
+                .failover
+                .as_ref()
+                .unwrap()
+                .label
+                .as_deref(),
+            Some("prod")
+        );
+
+        for (objects, expected) in [
+            (
+                "- {objectName: 'arn:aws:secretsmanager:us-east-1:1:secret:db', failoverObject: {objectName: x}}",
+                "object alias must be specified for objects with failover entries",
+            ),
+            (
+                "- {objectName: s, objectType: secretsmanager, objectAlias: a, objectVersion: v1, failoverObject: {objectName: t}}",
+                "object versions must match between primary and failover regions: s",
+            ),
+            (
+                "- {objectName: 'arn:aws:secretsmanager:us-east-1:1:secret:db', objectAlias: a, \
+                   failoverObject: {objectName: 'arn:aws:secretsmanager:us-east-1:1:secret:db'}}",
+                "ARN region must match region us-west-2",
+            ),
+            (
+                "- {objectName: 'arn:aws:secretsmanager:us-east-1:1:secret:db'}",
+                "ARN region must match region us-west-2",
+            ),
+        ] {
+            let message = parse_with(objects).unwrap_err();
+            assert!(message.contains(expected), "{objects}: {message}");
+        }
+    }
+
+    #[test]
+    fn top_level_parameters_are_parsed_like_ascp() {
+        let with = |key: &str, value: &str| {
+            let parameters = BTreeMap::from([
+                (
+                    "objects".to_owned(),
+                    "- {objectName: x, objectType: secretsmanager}".to_owned(),
+                ),
+                (key.to_owned(), value.to_owned()),
+            ]);
+            parse(&parameters, "us-east-1").map_err(|e| e.to_string())
+        };
+        assert!(with("usePodIdentity", "True").unwrap().use_pod_identity);
+        assert!(!with("usePodIdentity", "0").unwrap().use_pod_identity);
+        assert!(
+            with("usePodIdentity", "yes")
+                .unwrap_err()
+                .contains("failed to parse usePodIdentity")
+        );
+        assert_eq!(
+            with("preferredAddressType", "IPv6").unwrap().address_type,
+            AddressType::Ipv6
+        );
+        assert_eq!(
+            with("preferredAddressType", "bogus").unwrap().address_type,
+            AddressType::Auto
+        );
+        assert!(
+            with("failoverRegion", "us-east-1")
+                .unwrap_err()
+                .contains("cannot be the same")
+        );
+        assert!(
+            with("pathTranslation", "ab")
+                .unwrap_err()
+                .contains("single character")
+        );
+    }
+}
