@@ -205,7 +205,7 @@ fn the_chart_lints_and_renders_upstreams_defaults() {
     assert_eq!(driver["spec"]["requiresRepublish"], false);
     assert_eq!(
         driver["spec"]["tokenRequests"],
-        json!([{"audience": "vault"}])
+        json!([{"audience": "vault"}, {"audience": "sts.amazonaws.com"}, {"audience": "pods.eks.amazonaws.com"}])
     );
     assert!(find(&docs, "ClusterRole", "secretprovidersyncing-role").is_none());
     assert!(find(&docs, "ClusterRole", "secretproviderrollout-role").is_none());
@@ -292,7 +292,7 @@ fn the_chart_lints_and_renders_upstreams_defaults() {
         "--additional-provider-volume-paths=/etc/kubernetes/secrets-store-csi-providers",
         "--metrics-addr=:8095",
         "--enable-secret-rotation=false",
-        "--builtin-providers=vault",
+        "--builtin-providers=vault,aws",
     ] {
         assert!(
             store_args.contains(&expected.to_owned()),
@@ -331,6 +331,12 @@ fn chart_values_reach_the_csidriver_rbac_and_driver_flags() {
                 "namespace": "team-a",
                 "tls": {"caConfigMap": "vault-ca", "serverName": "vault.internal"},
                 "readCacheTTL": "0s",
+            },
+            "aws": {
+                "region": "eu-central-1",
+                "endpointURL": "https://vpce-1.secretsmanager.eu-central-1.vpce.amazonaws.com",
+                "useFIPSEndpoint": true,
+                "readCacheTTL": "1m",
             },
         }),
     );
@@ -377,6 +383,11 @@ fn chart_values_reach_the_csidriver_rbac_and_driver_flags() {
         "--vault-tls-ca-cert=/etc/secrets-store-csi-driver/vault-ca/ca.crt",
         "--vault-tls-server-name=vault.internal",
         "--vault-read-cache-ttl=0s",
+        "--builtin-providers=vault,aws",
+        "--aws-region=eu-central-1",
+        "--aws-endpoint-url=https://vpce-1.secretsmanager.eu-central-1.vpce.amazonaws.com",
+        "--aws-use-fips-endpoint=true",
+        "--aws-read-cache-ttl=1m",
     ] {
         assert!(
             store_args.contains(&expected.to_owned()),
@@ -405,13 +416,34 @@ fn chart_values_reach_the_csidriver_rbac_and_driver_flags() {
             .any(|p| p["name"] == "metrics" && p["containerPort"] == 9095)
     );
 
-    // Without the built-in Vault provider, `vault` is looked up as a plugin socket.
-    let docs = render(&python, &json!({"vault": {"enabled": false}}));
+    let class_role = find(&docs, "ClusterRole", "secretproviderclasses-role").unwrap();
+    assert!(
+        class_role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"] == json!(["serviceaccounts", "nodes"])
+                && r["verbs"] == json!(["get"])),
+        "the AWS provider reads service accounts and nodes"
+    );
+
+    // Without the built-in providers, `vault` and `aws` are looked up as plugin sockets, and
+    // the driver may not read service accounts or nodes.
+    let docs = render(
+        &python,
+        &json!({"vault": {"enabled": false}, "aws": {"enabled": false}}),
+    );
     let ds = find(&docs, "DaemonSet", "csi-secrets-store").unwrap();
     let store_args = args(container(ds, "secrets-store"));
     assert!(store_args.contains(&"--builtin-providers=".to_owned()));
-    assert!(!store_args.iter().any(|a| a.starts_with("--vault-")));
+    assert!(
+        !store_args
+            .iter()
+            .any(|a| a.starts_with("--vault-") || a.starts_with("--aws-"))
+    );
     assert_driver_accepts(&store_args);
+    let class_role = find(&docs, "ClusterRole", "secretproviderclasses-role").unwrap();
+    assert!(!class_role.to_string().contains("serviceaccounts"));
 }
 
 #[test]
