@@ -7,7 +7,7 @@
 //!   csi::guard                                    second concurrent call on a target -> ABORTED
 //!   publish::publish(ctx, request)                one pipeline, also used by `mount`
 //!     class     : SecretProviderClass lookup (pod namespace) + parameter assembly
-//!     provider  : registry -> built-in (local) or external plugin socket
+//!     provider  : registry -> built-in (vault, aws, local) or external plugin socket
 //!     volume    : validate payload -> tmpfs mount -> atomic writer (..data swap)
 //!     pod_status: SecretProviderClassPodStatus record (node label, pod owner, object versions)
 //!   <-- Ok | one PublishError -> tonic::Status mapping (csi::status)
