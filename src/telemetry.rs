@@ -13,7 +13,8 @@ pub fn init(json: bool, verbosity: u8) {
     // warnings repeat on every retry; the driver logs watch failures itself, once and with
     // what to do.
     let default = format!("info,kube_runtime::watcher=error,secrets_store_csi_driver={level}");
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter =
+        capped(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -25,5 +26,44 @@ pub fn init(json: bool, verbosity: u8) {
             .init();
     } else {
         builder.with_target(false).init();
+    }
+}
+
+/// Crates whose trace output holds request and response bodies (secret values, tokens and
+/// credentials): never below debug, whatever `RUST_LOG` asks for.
+const BODY_LOGGERS: &[&str] = &[
+    "aws_config",
+    "aws_runtime",
+    "aws_sdk_secretsmanager",
+    "aws_sdk_ssm",
+    "aws_sdk_sts",
+    "aws_sigv4",
+    "aws_smithy_http_client",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "h2",
+    "hyper",
+    "hyper_util",
+];
+
+fn capped(mut filter: EnvFilter) -> EnvFilter {
+    for target in BODY_LOGGERS {
+        if let Ok(directive) = format!("{target}=debug").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_cannot_turn_on_body_logging() {
+        let filter = capped(EnvFilter::new("trace,aws_smithy_runtime=trace")).to_string();
+        assert!(filter.contains("aws_smithy_runtime=debug"), "{filter}");
+        assert!(!filter.contains("aws_smithy_runtime=trace"), "{filter}");
+        assert!(filter.contains("aws_sigv4=debug"), "{filter}");
     }
 }
