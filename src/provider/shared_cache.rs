@@ -74,6 +74,12 @@ impl<K: Eq + Hash + Clone, V: Clone> SharedCache<K, V> {
         }
     }
 
+    /// Drops every expired value nobody is using, so shared secret values do not outlive
+    /// their window in memory.
+    pub fn drop_expired(&self) {
+        drop_expired(&mut self.lock());
+    }
+
     /// Number of keys held, for tests and metrics.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -104,8 +110,8 @@ impl<K: Eq + Hash + Clone, V: Clone> SharedCache<K, V> {
     }
 }
 
-/// Frees room: first expired or empty slots nobody is using, then any unused slot.
-fn evict<K: Eq + Hash + Clone, V>(slots: &mut HashMap<K, Slot<V>>, capacity: usize) {
+/// Removes expired or empty slots nobody is using.
+fn drop_expired<K, V>(slots: &mut HashMap<K, Slot<V>>) {
     let now = Instant::now();
     slots.retain(|_, slot| {
         match slot.try_lock() {
@@ -114,6 +120,11 @@ fn evict<K: Eq + Hash + Clone, V>(slots: &mut HashMap<K, Slot<V>>, capacity: usi
             Err(_) => true,
         }
     });
+}
+
+/// Frees room: first expired or empty slots nobody is using, then any unused slot.
+fn evict<K: Eq + Hash + Clone, V>(slots: &mut HashMap<K, Slot<V>>, capacity: usize) {
+    drop_expired(slots);
     if slots.len() >= capacity {
         let unused: Vec<K> = slots
             .iter()
@@ -199,6 +210,19 @@ mod tests {
         );
         cache.invalidate_if(&"k", |v| *v == 1).await;
         assert_eq!(cache.get_or_fetch(&"k", fresh(3)).await.unwrap(), (3, true));
+    }
+
+    #[tokio::test]
+    async fn expired_values_can_be_dropped_at_once() {
+        let cache = SharedCache::<u32, u32>::new(10);
+        for (key, ttl) in [(1, Duration::ZERO), (2, Duration::from_secs(60))] {
+            cache
+                .get_or_fetch(&key, |_| async move { Ok::<_, ()>((key, ttl)) })
+                .await
+                .unwrap();
+        }
+        cache.drop_expired();
+        assert_eq!(cache.len(), 1);
     }
 
     #[tokio::test]

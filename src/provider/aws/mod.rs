@@ -228,6 +228,7 @@ impl AwsProvider {
 impl Provider for AwsProvider {
     async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
         let started = Instant::now();
+        self.reads.drop_expired();
         let region = self.region(&request).await?;
         let config = config::parse(&request.parameters, &region)?;
         let (identity, credentials) = self

@@ -164,6 +164,7 @@ impl VaultProvider {
 impl Provider for VaultProvider {
     async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
         let started = Instant::now();
+        self.reads.drop_expired();
         let deadline = started + request.timeout.unwrap_or(DEFAULT_TIMEOUT);
         let config = config::parse(&request.parameters, &self.settings.defaults)?;
         let pod_tokens = request.service_account_tokens.as_ref();
