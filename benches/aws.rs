@@ -178,6 +178,7 @@ async fn calls(api: &FakeApiServer, moto: &Moto) {
     drop(driver);
 
     let driver = Driver::start(api, &[&format!("--aws-endpoint-url={}", moto.url)]).await;
+    let idle = driver.rss_kib();
     moto.reset_calls();
     for batch in (0..PODS).collect::<Vec<_>>().chunks(10) {
         let publishes = batch.iter().map(|&i| {
