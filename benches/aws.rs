@@ -202,7 +202,8 @@ async fn calls(api: &FakeApiServer, moto: &Moto) {
     let rss = driver.rss_kib();
     println!();
     println!(
-        "driver RSS after {PODS} pods: {:.1} MiB",
+        "driver RSS: {:.1} MiB at start, {:.1} MiB after {PODS} pods",
+        idle as f64 / 1024.0,
         rss as f64 / 1024.0
     );
 }

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_secretsmanager::primitives::Blob;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -176,16 +178,14 @@ impl Moto {
         self.recorder.lock().unwrap()
     }
 
-    /// A Secrets Manager client for fixtures in `region`, straight to moto.
-    pub fn secrets(&self, region: &str) -> aws_sdk_secretsmanager::Client {
-        let config = aws_sdk_secretsmanager::Config::builder()
-            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-            .region(aws_sdk_secretsmanager::config::Region::new(
-                region.to_owned(),
-            ))
-            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+    /// The fixtures' configuration for `region`, straight to moto (not counted).
+    fn sdk_config(&self, region: &str) -> aws_types::SdkConfig {
+        aws_types::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_types::region::Region::new(region.to_owned()))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
                 ACCESS_KEY, SECRET_KEY, None, None, "fixtures",
-            ))
+            )))
             .endpoint_url(&self.direct_url)
             .http_client(
                 aws_smithy_http_client::Builder::new()
@@ -194,28 +194,17 @@ impl Moto {
                     ))
                     .build_https(),
             )
-            .build();
-        aws_sdk_secretsmanager::Client::from_conf(config)
+            .build()
     }
 
-    /// An SSM client for fixtures in `region`, straight to moto.
+    /// A Secrets Manager client for fixtures in `region`.
+    pub fn secrets(&self, region: &str) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.sdk_config(region))
+    }
+
+    /// An SSM client for fixtures in `region`.
     pub fn parameters(&self, region: &str) -> aws_sdk_ssm::Client {
-        let config = aws_sdk_ssm::Config::builder()
-            .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-            .region(aws_sdk_ssm::config::Region::new(region.to_owned()))
-            .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-                ACCESS_KEY, SECRET_KEY, None, None, "fixtures",
-            ))
-            .endpoint_url(&self.direct_url)
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                    ))
-                    .build_https(),
-            )
-            .build();
-        aws_sdk_ssm::Client::from_conf(config)
+        aws_sdk_ssm::Client::new(&self.sdk_config(region))
     }
 
     /// Creates a string secret; returns its ARN and first VersionId.

@@ -197,11 +197,7 @@ impl Auth {
         role_arn: &str,
         token: &SecretString,
     ) -> Result<Credentials, ProviderError> {
-        let sts = aws_sdk_sts::Client::from_conf(
-            self.endpoints
-                .apply_sts(aws_sdk_sts::Config::builder(), &config.region)
-                .build(),
-        );
+        let sts = self.endpoints.sts(&config.region);
         let session = session_name(&config.namespace, &config.service_account);
         let reply = sts
             .assume_role_with_web_identity()

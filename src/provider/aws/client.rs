@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use aws_config::BehaviorVersion;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls;
@@ -16,6 +17,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
+use aws_types::SdkConfig;
 use aws_types::region::Region;
 
 use super::config::{Kind, Read};
@@ -70,47 +72,36 @@ impl Endpoints {
             .build()
     }
 
-    /// An STS configuration (no credentials: `AssumeRoleWithWebIdentity` is unsigned).
-    pub fn apply_sts(
+    /// The configuration every client of `region` shares.
+    fn sdk_config(
         &self,
-        builder: aws_sdk_sts::config::Builder,
         region: &str,
-    ) -> aws_sdk_sts::config::Builder {
-        let mut builder = builder
-            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+        credentials: Option<SharedCredentialsProvider>,
+    ) -> SdkConfig {
+        let mut builder = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_owned()))
             .http_client(self.http.clone())
             .use_fips(self.use_fips)
             .retry_config(self.retry())
             .timeout_config(self.timeouts());
         builder.set_endpoint_url(self.endpoint_url.clone());
-        builder
+        builder.set_credentials_provider(credentials);
+        builder.build()
+    }
+
+    /// An STS client without credentials: `AssumeRoleWithWebIdentity` is unsigned.
+    pub fn sts(&self, region: &str) -> aws_sdk_sts::Client {
+        aws_sdk_sts::Client::new(&self.sdk_config(region, None))
     }
 
     /// Both services' clients for one region and identity.
     pub fn clients(&self, region: &str, credentials: SharedCredentialsProvider) -> Clients {
-        let mut secrets = aws_sdk_secretsmanager::Config::builder()
-            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-            .region(Region::new(region.to_owned()))
-            .credentials_provider(credentials.clone())
-            .http_client(self.http.clone())
-            .use_fips(self.use_fips)
-            .retry_config(self.retry())
-            .timeout_config(self.timeouts());
-        secrets.set_endpoint_url(self.endpoint_url.clone());
-        let mut parameters = aws_sdk_ssm::Config::builder()
-            .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-            .region(Region::new(region.to_owned()))
-            .credentials_provider(credentials)
-            .http_client(self.http.clone())
-            .use_fips(self.use_fips)
-            .retry_config(self.retry())
-            .timeout_config(self.timeouts());
-        parameters.set_endpoint_url(self.endpoint_url.clone());
+        let config = self.sdk_config(region, Some(credentials));
         Clients {
             region: region.to_owned(),
-            secrets: aws_sdk_secretsmanager::Client::from_conf(secrets.build()),
-            parameters: aws_sdk_ssm::Client::from_conf(parameters.build()),
+            secrets: aws_sdk_secretsmanager::Client::new(&config),
+            parameters: aws_sdk_ssm::Client::new(&config),
         }
     }
 }
