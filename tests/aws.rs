@@ -813,26 +813,9 @@ async fn the_socket_served_provider_gives_the_same_files_as_the_built_in() {
     let via_socket = driver(&api, &moto, &["--builtin-providers=vault"]).await;
     let socket = via_socket.provider_dir.join("aws.sock");
     let kubeconfig = via_socket.dir.path().join("kubeconfig");
-    let mut server = std::process::Command::new(support::DRIVER)
-        .args([
-            "provider",
-            "aws",
-            &format!("--endpoint=unix://{}", socket.display()),
-            &format!("--aws-endpoint-url={}", moto.url),
-            &format!("--kubeconfig={}", kubeconfig.display()),
-            "-v=5",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !socket.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "provider socket never appeared"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let endpoint = format!("--aws-endpoint-url={}", moto.url);
+    let kubeconfig = format!("--kubeconfig={}", kubeconfig.display());
+    let server = support::serve_provider("aws", &socket, &[&endpoint, &kubeconfig]).await;
 
     let mut trees = Vec::new();
     for (driver, name) in [(&in_process, "web-1"), (&via_socket, "web-2")] {
@@ -859,15 +842,7 @@ async fn the_socket_served_provider_gives_the_same_files_as_the_built_in() {
     assert_eq!(trees[0], trees[1]);
     assert_eq!(versions_of(&api, "web-1"), versions_of(&api, "web-2"));
 
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(server.id()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert!(server.wait().unwrap().success());
-    assert!(
-        !socket.exists(),
-        "the provider removes its socket on shutdown"
-    );
-    let mut logs = String::new();
-    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut logs).unwrap();
+    let logs = support::stop_provider(server, &socket);
     for value in VALUES {
         assert!(!logs.contains(value), "the provider logged a secret");
     }

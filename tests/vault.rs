@@ -865,25 +865,7 @@ async fn the_socket_served_provider_gives_the_same_files_as_the_built_in() {
     // A node plugin without the built-in, finding `vault.sock` like any plugin.
     let via_socket = Driver::start(&api, &["--builtin-providers="]).await;
     let socket = via_socket.provider_dir.join("vault.sock");
-    let mut server = std::process::Command::new(support::DRIVER)
-        .args([
-            "provider",
-            "vault",
-            &format!("--endpoint=unix://{}", socket.display()),
-            &key_arg,
-            "-v=5",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !socket.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "provider socket never appeared"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let server = support::serve_provider("vault", &socket, &[&key_arg]).await;
     kv_class(&api, "kv", &bao.addr);
 
     let mut trees = Vec::new();
@@ -915,15 +897,7 @@ async fn the_socket_served_provider_gives_the_same_files_as_the_built_in() {
         "the same key gives the same versions"
     );
 
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(server.id()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert!(server.wait().unwrap().success());
-    assert!(
-        !socket.exists(),
-        "the provider removes its socket on shutdown"
-    );
-    let mut logs = String::new();
-    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut logs).unwrap();
+    let logs = support::stop_provider(server, &socket);
     for value in [PASSWORD_V1, PASSWORD_V2, LEGACY, ROOT_TOKEN] {
         assert!(!logs.contains(value), "the provider logged a secret");
     }

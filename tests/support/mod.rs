@@ -573,3 +573,47 @@ pub fn pem(label: &str, der: &[u8]) -> String {
         lines.join("\n")
     )
 }
+
+/// Runs `secrets-store-csi-driver provider <name>` on `socket` and waits for the socket.
+pub async fn serve_provider(name: &str, socket: &Path, args: &[&str]) -> Child {
+    let child = Command::new(DRIVER)
+        .args([
+            "provider",
+            name,
+            &format!("--endpoint=unix://{}", socket.display()),
+        ])
+        .args(args)
+        .arg("-v=5")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "provider socket never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
+/// Stops a served provider with SIGTERM, checks that it exits cleanly and removes its socket,
+/// and returns its logs.
+pub fn stop_provider(mut child: Child, socket: &Path) -> String {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        !socket.exists(),
+        "the provider removes its socket on shutdown"
+    );
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    logs
+}
