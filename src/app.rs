@@ -129,6 +129,7 @@ fn aws_provider(
             endpoints: aws::client::Endpoints::new(
                 args.aws_endpoint_url.clone(),
                 args.aws_use_fips_endpoint,
+                args.aws_call_timeout,
             ),
             source,
             read_cache_ttl: args.aws_read_cache_ttl,

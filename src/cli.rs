@@ -107,6 +107,10 @@ pub struct AwsArgs {
     #[arg(long, env = "AWS_USE_FIPS_ENDPOINT", action = ArgAction::Set, num_args = 0..=1,
           default_value_t = false, default_missing_value = "true")]
     pub aws_use_fips_endpoint: bool,
+    /// Time limit of one attempt of one AWS call; a call that keeps timing out (3 attempts)
+    /// moves to the class's failoverRegion.
+    #[arg(long, env = "AWS_CALL_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub aws_call_timeout: Duration,
     /// EKS Pod Identity agent URL instead of http://169.254.170.23 and http://[fd00:ec2::23].
     #[arg(long, env = "AWS_POD_IDENTITY_ENDPOINT")]
     pub aws_pod_identity_endpoint: Option<String>,

@@ -327,7 +327,16 @@ async fn pod_identity_and_failover_only_on_server_errors() {
         .to_owned();
     let (agent, seen) = pod_identity_agent(token.clone()).await;
     let agent_arg = format!("--aws-pod-identity-endpoint={agent}");
-    let driver = driver(&api, &moto, &[&agent_arg, "--aws-read-cache-ttl=0s"]).await;
+    let driver = driver(
+        &api,
+        &moto,
+        &[
+            &agent_arg,
+            "--aws-read-cache-ttl=0s",
+            "--aws-call-timeout=1s",
+        ],
+    )
+    .await;
     let publish = |pod: &Pod, target: &Path| {
         let mut request = pod.publish(target, "app-aws-pod-identity");
         request
@@ -361,13 +370,7 @@ async fn pod_identity_and_failover_only_on_server_errors() {
 
     // us-east-1 failing with 503 (after the SDK's retries): everything comes from us-west-2,
     // the replica under its failover name.
-    moto.inject(Fault {
-        operation: None,
-        region: Some(REGION.to_owned()),
-        status: 503,
-        code: "ServiceUnavailable".to_owned(),
-        remaining: None,
-    });
+    moto.inject(Fault::fail(503, "ServiceUnavailable").region(REGION));
     moto.reset_calls();
     driver
         .node()
@@ -386,15 +389,28 @@ async fn pod_identity_and_failover_only_on_server_errors() {
         .await
         .unwrap();
 
+    // us-east-1 not answering in time: the same.
+    moto.heal();
+    moto.inject(Fault::delay(Duration::from_secs(3)).region(REGION));
+    driver
+        .node()
+        .node_publish_volume(publish(&app, &target))
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.message()));
+    assert_eq!(text(&files(&target), "api-token"), API_TOKEN_REPLICA);
+    driver
+        .node()
+        .node_unpublish_volume(unpublish(&target))
+        .await
+        .unwrap();
+
     // A refusal (4xx) in the primary region is final: no failover, PermissionDenied.
     moto.heal();
-    moto.inject(Fault {
-        operation: Some("GetParameters".to_owned()),
-        region: Some(REGION.to_owned()),
-        status: 400,
-        code: "AccessDeniedException".to_owned(),
-        remaining: None,
-    });
+    moto.inject(
+        Fault::fail(400, "AccessDeniedException")
+            .operation("GetParameters")
+            .region(REGION),
+    );
     moto.reset_calls();
     let err = driver
         .node()
@@ -422,13 +438,7 @@ async fn pod_identity_and_failover_only_on_server_errors() {
 
     // Both regions down: Unavailable, naming both.
     moto.heal();
-    moto.inject(Fault {
-        operation: None,
-        region: None,
-        status: 500,
-        code: "InternalFailure".to_owned(),
-        remaining: None,
-    });
+    moto.inject(Fault::fail(500, "InternalFailure"));
     let err = driver
         .node()
         .node_publish_volume(publish(&app, &target))
@@ -526,13 +536,11 @@ async fn rotation_rereads_only_what_can_change_and_backs_off_when_throttled() {
 
     // Throttling is retried with backoff by the SDK; the rotation still succeeds.
     moto.reset_calls();
-    moto.inject(Fault {
-        operation: Some("BatchGetSecretValue".to_owned()),
-        region: None,
-        status: 400,
-        code: "ThrottlingException".to_owned(),
-        remaining: Some(2),
-    });
+    moto.inject(
+        Fault::fail(400, "ThrottlingException")
+            .operation("BatchGetSecretValue")
+            .times(2),
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     driver.node().node_publish_volume(publish()).await.unwrap();
     assert_eq!(moto.count("BatchGetSecretValue"), 3);
@@ -540,13 +548,7 @@ async fn rotation_rereads_only_what_can_change_and_backs_off_when_throttled() {
     // An IAM policy without secretsmanager:BatchGetSecretValue: one by one, and the batch is
     // not offered again to this identity.
     moto.heal();
-    moto.inject(Fault {
-        operation: Some("BatchGetSecretValue".to_owned()),
-        region: None,
-        status: 400,
-        code: "AccessDeniedException".to_owned(),
-        remaining: None,
-    });
+    moto.inject(Fault::fail(400, "AccessDeniedException").operation("BatchGetSecretValue"));
     moto.reset_calls();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     driver.node().node_publish_volume(publish()).await.unwrap();
@@ -560,13 +562,7 @@ async fn rotation_rereads_only_what_can_change_and_backs_off_when_throttled() {
 
     // AWS down during a rotation: the pod keeps its files.
     moto.heal();
-    moto.inject(Fault {
-        operation: None,
-        region: None,
-        status: 503,
-        code: "ServiceUnavailable".to_owned(),
-        remaining: None,
-    });
+    moto.inject(Fault::fail(503, "ServiceUnavailable"));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     driver.node().node_publish_volume(publish()).await.unwrap();
     assert_eq!(text(&files(&target), "db.json"), r#"{"rotated":true}"#);

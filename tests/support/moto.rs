@@ -44,19 +44,59 @@ pub fn moto_binary() -> Option<PathBuf> {
     found.then(|| PathBuf::from("moto_server"))
 }
 
-/// An injected failure: matching calls get `status` with AWS error `code`.
+/// An injected failure for matching calls.
 #[derive(Debug, Clone)]
 pub struct Fault {
-    /// Only calls to this operation (`None`: all).
-    pub operation: Option<String>,
-    /// Only calls signed for this region (`None`: all).
-    pub region: Option<String>,
-    /// HTTP status returned.
-    pub status: u16,
-    /// AWS error code returned.
-    pub code: String,
-    /// How many calls fail before the fault stops (`None`: forever).
-    pub remaining: Option<usize>,
+    operation: Option<String>,
+    region: Option<String>,
+    effect: Effect,
+    remaining: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum Effect {
+    /// Answer with this HTTP status and AWS error code.
+    Fail(u16, String),
+    /// Forward the call this much later.
+    Delay(Duration),
+}
+
+impl Fault {
+    /// Every matching call is answered with `status` and AWS error `code`.
+    pub fn fail(status: u16, code: &str) -> Self {
+        Self {
+            operation: None,
+            region: None,
+            effect: Effect::Fail(status, code.to_owned()),
+            remaining: None,
+        }
+    }
+
+    /// Every matching call is answered `delay` late.
+    pub fn delay(delay: Duration) -> Self {
+        Self {
+            effect: Effect::Delay(delay),
+            ..Self::fail(0, "")
+        }
+    }
+
+    /// Only calls to this operation, e.g. `BatchGetSecretValue`.
+    pub fn operation(mut self, operation: &str) -> Self {
+        self.operation = Some(operation.to_owned());
+        self
+    }
+
+    /// Only calls signed for this region.
+    pub fn region(mut self, region: &str) -> Self {
+        self.region = Some(region.to_owned());
+        self
+    }
+
+    /// Only the next `n` matching calls.
+    pub fn times(mut self, n: usize) -> Self {
+        self.remaining = Some(n);
+        self
+    }
 }
 
 #[derive(Default)]
@@ -317,17 +357,21 @@ async fn forward(
             if let Some(n) = f.remaining.as_mut() {
                 *n -= 1;
             }
-            (f.status, f.code.clone())
+            f.effect.clone()
         })
     };
-    if let Some((status, code)) = fault {
-        let body = serde_json::json!({"__type": code, "message": format!("injected {code}")});
-        return Response::builder()
-            .status(StatusCode::from_u16(status).unwrap())
-            .header("content-type", "application/x-amz-json-1.1")
-            .header("x-amzn-errortype", code.as_str())
-            .body(Body::from(body.to_string()))
-            .unwrap();
+    match fault {
+        Some(Effect::Fail(status, code)) => {
+            let body = serde_json::json!({"__type": code, "message": format!("injected {code}")});
+            return Response::builder()
+                .status(StatusCode::from_u16(status).unwrap())
+                .header("content-type", "application/x-amz-json-1.1")
+                .header("x-amzn-errortype", code.as_str())
+                .body(Body::from(body.to_string()))
+                .unwrap();
+        }
+        Some(Effect::Delay(delay)) => tokio::time::sleep(delay).await,
+        None => {}
     }
     let mut request = http::Request::builder().method(method).uri(format!(
         "{}{}",

@@ -45,8 +45,8 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// Clients for AWS (or `endpoint_url`).
-    pub fn new(endpoint_url: Option<String>, use_fips: bool) -> Self {
+    /// Clients for AWS (or `endpoint_url`); one attempt of a call may take `attempt_timeout`.
+    pub fn new(endpoint_url: Option<String>, use_fips: bool, attempt_timeout: Duration) -> Self {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(
                 tls::rustls_provider::CryptoMode::Ring,
@@ -56,7 +56,7 @@ impl Endpoints {
             http,
             endpoint_url: endpoint_url.filter(|u| !u.is_empty()),
             use_fips,
-            attempt_timeout: Duration::from_secs(10),
+            attempt_timeout,
             max_attempts: 3,
         }
     }
