@@ -895,6 +895,41 @@ async fn the_mount_command_reads_aws_with_the_environments_credentials() {
         .args(["unmount", "--target", &target.display().to_string()])
         .status()
         .unwrap();
+
+    // A class without `region` takes the AWS profile's, as the AWS CLI does.
+    let class = dir.path().join("class.yaml");
+    std::fs::write(
+        &class,
+        "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\n\
+         metadata: {name: profile-region}\nspec:\n  provider: aws\n  parameters:\n    \
+         objects: '- {objectName: prod/app/db, objectType: secretsmanager, objectAlias: db.json}'\n",
+    )
+    .unwrap();
+    let profile = dir.path().join("config");
+    std::fs::write(&profile, "[default]\nregion = us-east-1\n").unwrap();
+    let second = dir.path().join("second");
+    let output = std::process::Command::new(support::DRIVER)
+        .args(["mount", "--plain-dir", "--class"])
+        .arg(&class)
+        .arg("--target")
+        .arg(&second)
+        .env("AWS_ENDPOINT_URL", &moto.url)
+        .env("AWS_ACCESS_KEY_ID", moto::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", moto::SECRET_KEY)
+        .env("AWS_CONFIG_FILE", &profile)
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(text(&files(&second), "db.json"), DB_V2);
 }
 
 #[test]

@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use aws_config::environment::EnvironmentVariableRegionProvider;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::ProfileFileRegionProvider;
 use futures::StreamExt as _;
 
 use self::auth::{Auth, Identity};
@@ -96,6 +99,19 @@ impl AwsProvider {
         }
         if let Some(region) = self.settings.region.clone().filter(|r| !r.is_empty()) {
             return Ok(region);
+        }
+        if let auth::Source::DefaultChain = self.settings.source {
+            // Outside a cluster: `AWS_DEFAULT_REGION` or the profile's region, as the AWS CLI.
+            let chain = RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                .or_else(ProfileFileRegionProvider::new());
+            return chain.region().await.map(|r| r.to_string()).ok_or_else(|| {
+                ProviderError::InvalidParameters {
+                    provider: NAME.to_owned(),
+                    message: "Region not found: set the region parameter in the \
+                              SecretProviderClass, AWS_REGION, or a region in the AWS profile"
+                        .to_owned(),
+                }
+            });
         }
         let get = |key: &str| {
             request
