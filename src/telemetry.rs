@@ -29,8 +29,8 @@ pub fn init(json: bool, verbosity: u8) {
     }
 }
 
-/// Crates whose trace output holds request and response bodies (secret values, tokens and
-/// credentials): never below debug, whatever `RUST_LOG` asks for.
+/// Crates whose trace output holds requests and responses (with the SDK's
+/// `LOG_SENSITIVE_BODIES`, secret values): never below debug, whatever `RUST_LOG` asks for.
 const BODY_LOGGERS: &[&str] = &[
     "aws_config",
     "aws_runtime",

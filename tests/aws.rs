@@ -873,8 +873,11 @@ async fn the_mount_command_reads_aws_with_the_environments_credentials() {
         .env("AWS_CONFIG_FILE", dir.path().join("none"))
         .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        // Even the most verbose logging never shows a value or the credentials.
+        // Even the most verbose logging never shows a value or the credentials, including
+        // the SDK's own switches for logging bodies.
         .env("RUST_LOG", "trace")
+        .env("LOG_SENSITIVE_BODIES", "true")
+        .env("LOG_SIGNABLE_BODY", "true")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
