@@ -475,13 +475,16 @@ fn mount_credentials(args: &MountArgs) -> anyhow::Result<Credentials> {
 /// `provider NAME --endpoint`: serves a built-in provider on a plugin socket until signalled.
 async fn run_provider(args: ProviderServeArgs) -> anyhow::Result<()> {
     let socket = csi::socket_path(&args.endpoint)?;
-    let key = version_key(Some(&key_file_path(
-        args.version_key.version_key_file.as_deref(),
-        &socket,
-        &format!("{}.version.key", args.name),
-    )));
     let provider: Arc<dyn Provider> = match args.name.as_str() {
-        vault::NAME => Arc::new(vault_provider(&args.vault, Credentials::PodToken, key)),
+        vault::NAME => {
+            let key = version_key(Some(&key_file_path(
+                args.version_key.version_key_file.as_deref(),
+                &socket,
+                "vault.version.key",
+            )));
+            Arc::new(vault_provider(&args.vault, Credentials::PodToken, key))
+        }
+        // AWS reports its own version ids and needs no key.
         aws::NAME => {
             let kube = match kube_client(args.kubeconfig.as_deref()).await {
                 Ok(client) => Some(client),
