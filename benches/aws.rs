@@ -180,21 +180,10 @@ async fn calls(api: &FakeApiServer, moto: &Moto) {
     let driver = Driver::start(api, &[&format!("--aws-endpoint-url={}", moto.url)]).await;
     let idle = driver.rss_kib();
     moto.reset_calls();
-    for batch in (0..PODS).collect::<Vec<_>>().chunks(10) {
-        let publishes = batch.iter().map(|&i| {
-            let pod = pod(900_000 + i);
-            let target = driver.target(&pod.uid, "secrets");
-            let request = pod.publish_with_tokens(&target, "bench-50", api, &["sts.amazonaws.com"]);
-            let mut node = driver.node();
-            async move {
-                node.node_publish_volume(request).await.unwrap();
-                node.node_unpublish_volume(unpublish(&target))
-                    .await
-                    .unwrap();
-            }
-        });
-        futures::future::join_all(publishes).await;
-    }
+    let pods: Vec<Pod> = (0..PODS).map(|i| pod(900_000 + i)).collect();
+    driver
+        .publish_rollout(api, &pods, "bench-50", &["sts.amazonaws.com"])
+        .await;
     row(
         &format!("{PODS} pods, read sharing 30s (default)"),
         PODS * 51,

@@ -192,18 +192,8 @@ async fn backend_load(api: &FakeApiServer, bao: &OpenBao) {
         )
         .await;
         let mark = bao.requests().len();
-        for batch in (0..PODS).collect::<Vec<_>>().chunks(10) {
-            let publishes = batch.iter().map(|&i| {
-                let pod = pod(900_000 + i);
-                let target = driver.target(&pod.uid, "five");
-                let request = pod.publish_with_tokens(&target, "five", api, &["vault"]);
-                let mut node = driver.node();
-                async move { node.node_publish_volume(request).await }
-            });
-            for result in futures::future::join_all(publishes).await {
-                result.unwrap();
-            }
-        }
+        let pods: Vec<Pod> = (0..PODS).map(|i| pod(900_000 + i)).collect();
+        driver.publish_rollout(api, &pods, "five", &["vault"]).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let requests = bao.requests().split_off(mark);
         let logins = requests

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::moto::{self, Fault, Moto};
-use support::{Driver, FakeApiServer, Pod, mounts_under, read_tree, unpublish};
+use support::{Driver, FakeApiServer, Pod, files, mounts_under, read_tree, unpublish};
 
 const GROUP: &str = "secrets-store.csi.x-k8s.io";
 const REGION: &str = "us-east-1";
@@ -118,13 +118,6 @@ async fn driver(api: &FakeApiServer, moto: &Moto, extra: &[&str]) -> Driver {
     Driver::start(api, &args).await
 }
 
-fn files(target: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
-    read_tree(target)
-        .into_iter()
-        .map(|(path, contents, mode)| (path, (contents, mode)))
-        .collect()
-}
-
 fn text(files: &BTreeMap<String, (Vec<u8>, u32)>, name: &str) -> String {
     String::from_utf8(files[name].0.clone()).unwrap_or_else(|_| panic!("{name} is not text"))
 }
@@ -135,17 +128,7 @@ fn versions_of(api: &FakeApiServer, pod: &str) -> BTreeMap<String, String> {
         .into_iter()
         .find(|s| s["status"]["podName"] == pod)
         .unwrap();
-    status["status"]["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["id"].as_str().unwrap().to_owned(),
-                o["version"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
+    support::object_versions(&status)
 }
 
 fn token_of(

@@ -12,8 +12,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use support::openbao::{OpenBao, ROOT_TOKEN};
 use support::{
-    Driver, FakeApiServer, Pod, mount_line, mounts_under, read_tree, service_account, spc,
-    unpublish,
+    Driver, FakeApiServer, Pod, files, mount_line, mounts_under, service_account, spc, unpublish,
 };
 use tonic::Code;
 
@@ -140,25 +139,9 @@ fn kv_class(api: &FakeApiServer, name: &str, address: &str) {
 /// `id -> version` of a SecretProviderClassPodStatus, without `whole.json`, whose content (and
 /// so version) carries a per-request id.
 fn versions_of(status: &Value) -> BTreeMap<String, String> {
-    status["status"]["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["id"].as_str().unwrap().to_owned(),
-                o["version"].as_str().unwrap().to_owned(),
-            )
-        })
-        .filter(|(id, _)| id != "whole.json")
-        .collect()
-}
-
-fn files(target: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
-    read_tree(target)
-        .into_iter()
-        .map(|(path, contents, mode)| (path, (contents, mode)))
-        .collect()
+    let mut versions = support::object_versions(status);
+    versions.remove("whole.json");
+    versions
 }
 
 /// Asserts that the logs hold none of the test's secrets, pod tokens or Vault tokens.

@@ -189,6 +189,31 @@ impl Driver {
         ))
     }
 
+    /// Publishes a volume of `class` for each pod, ten at a time as a rollout would, then
+    /// unpublishes them; any failure panics.
+    pub async fn publish_rollout(
+        &self,
+        api: &FakeApiServer,
+        pods: &[Pod],
+        class: &str,
+        audiences: &[&str],
+    ) {
+        for wave in pods.chunks(10) {
+            let publishes = wave.iter().map(|pod| {
+                let target = self.target(&pod.uid, "secrets");
+                let request = pod.publish_with_tokens(&target, class, api, audiences);
+                let mut node = self.node();
+                async move {
+                    node.node_publish_volume(request).await.unwrap();
+                    node.node_unpublish_volume(unpublish(&target))
+                        .await
+                        .unwrap();
+                }
+            });
+            futures::future::join_all(publishes).await;
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
@@ -380,6 +405,29 @@ pub fn spc(namespace: &str, name: &str, provider: &str, parameters: Value) -> Va
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"provider": provider, "parameters": parameters},
     })
+}
+
+/// [`read_tree`] keyed by path: contents and mode.
+pub fn files(target: &Path) -> std::collections::BTreeMap<String, (Vec<u8>, u32)> {
+    read_tree(target)
+        .into_iter()
+        .map(|(path, contents, mode)| (path, (contents, mode)))
+        .collect()
+}
+
+/// `id -> version` of a SecretProviderClassPodStatus's `status.objects`.
+pub fn object_versions(status: &Value) -> std::collections::BTreeMap<String, String> {
+    status["status"]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["id"].as_str().unwrap().to_owned(),
+                o["version"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Visible files below a mounted target (following the `..data` links), path to contents.
