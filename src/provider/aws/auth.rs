@@ -75,6 +75,18 @@ pub enum Identity {
     Host,
 }
 
+/// An identity's current credentials.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    /// Whose they are.
+    pub identity: Identity,
+    /// What the SDK signs with.
+    pub credentials: SharedCredentialsProvider,
+    /// Changes when the credentials are renewed (empty for the host's refreshing chain), so
+    /// clients built with them are rebuilt.
+    pub key_id: String,
+}
+
 /// Obtains and caches credentials.
 #[derive(Debug)]
 pub struct Auth {
@@ -113,12 +125,12 @@ impl Auth {
         }
     }
 
-    /// The identity a volume reads as and its credentials.
+    /// The identity a volume reads as, and its credentials.
     pub async fn credentials(
         &self,
         config: &VolumeConfig,
         pod_tokens: Option<&SecretString>,
-    ) -> Result<(Identity, SharedCredentialsProvider), ProviderError> {
+    ) -> Result<Signer, ProviderError> {
         let Source::Pod {
             pod_identity_endpoint,
             pod_identity_timeout,
@@ -137,7 +149,11 @@ impl Auth {
                     SharedCredentialsProvider::new(chain)
                 })
                 .await;
-            return Ok((Identity::Host, chain.clone()));
+            return Ok(Signer {
+                identity: Identity::Host,
+                credentials: chain.clone(),
+                key_id: String::new(),
+            });
         };
         let (identity, token) = if config.use_pod_identity {
             let token = token(pod_tokens, POD_IDENTITY_AUDIENCE, "Pod Identity")?;
@@ -183,7 +199,11 @@ impl Auth {
                 Ok::<_, ProviderError>((credentials, fresh_for))
             })
             .await?;
-        Ok((identity, SharedCredentialsProvider::new(credentials)))
+        Ok(Signer {
+            identity,
+            key_id: credentials.access_key_id().to_owned(),
+            credentials: SharedCredentialsProvider::new(credentials),
+        })
     }
 
     /// Forgets `identity`'s credentials after AWS refused them, so the next mount gets new ones.
