@@ -118,28 +118,22 @@ impl Recorder {
         let result = match repeat {
             Some((name, count)) => {
                 let patch = json!({"count": count, "lastTimestamp": now});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                match api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
-                    .map(drop)
+                {
+                    // The series' first Event expired or was deleted: start a new series.
+                    Err(kube::Error::Api(status)) if status.code == 404 => {
+                        self.forget(&key);
+                        self.create(&api, key, pod, severity, reason, &message, &now)
+                            .await
+                    }
+                    other => other.map(drop),
+                }
             }
             None => {
-                let name = format!("{}.{:x}", pod.name, jiff::Timestamp::now().as_nanosecond());
-                let event = self.event(&name, pod, severity, reason, &message, &now);
-                let created = api.create(&PostParams::default(), &event).await.map(drop);
-                if created.is_ok() {
-                    let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-                    if series.len() < MAX_REMEMBERED {
-                        series.insert(
-                            key,
-                            Series {
-                                name,
-                                count: 1,
-                                last_sent: Instant::now(),
-                            },
-                        );
-                    }
-                }
-                created
+                self.create(&api, key, pod, severity, reason, &message, &now)
+                    .await
             }
         };
         if let Err(err) = result {
@@ -151,6 +145,41 @@ impl Recorder {
                 "failed to record an event on the pod"
             );
         }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create(
+        &self,
+        api: &Api<Event>,
+        key: SeriesKey,
+        pod: &PodRef,
+        severity: Severity,
+        reason: &str,
+        message: &str,
+        now: &Time,
+    ) -> Result<(), kube::Error> {
+        let name = format!("{}.{:x}", pod.name, jiff::Timestamp::now().as_nanosecond());
+        let event = self.event(&name, pod, severity, reason, message, now);
+        api.create(&PostParams::default(), &event).await?;
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        if series.len() < MAX_REMEMBERED {
+            series.insert(
+                key,
+                Series {
+                    name,
+                    count: 1,
+                    last_sent: Instant::now(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn forget(&self, key: &SeriesKey) {
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 
     fn event(
