@@ -22,6 +22,8 @@ pub const MANAGED_LABEL: &str = "secrets-store.csi.k8s.io/managed";
 pub const CONTENT_TIME_ANNOTATION: &str = "secrets-store.csi.k8s.io/content-time";
 /// The Secret type whose keys are split out of a PEM bundle.
 const TLS_TYPE: &str = "kubernetes.io/tls";
+/// How far ahead of this node's clock another node's content time may be.
+const CLOCK_SKEW_SECS: i64 = 60;
 /// Optimistic-lock retries against other writers.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -340,8 +342,13 @@ async fn update(
         .as_ref()
         .and_then(|a| a.get(CONTENT_TIME_ANNOTATION))
         .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-    // A pod that has not rotated yet keeps its owner on the Secret but not its older data.
-    let stale = recorded.is_some_and(|recorded| recorded > time);
+    // A pod that has not rotated yet keeps its owner on the Secret but not its older data. A
+    // recorded time in the future was not written by a driver (anyone who may edit the
+    // Secret can set it): it is ignored, so the Secret is still repaired.
+    let now = jiff::Timestamp::now();
+    let stale = recorded.is_some_and(|recorded| {
+        recorded > time && recorded <= now + jiff::SignedDuration::from_secs(CLOCK_SKEW_SECS)
+    });
     let mut updated = existing.clone();
     updated
         .metadata
