@@ -24,6 +24,7 @@ pub mod cli;
 pub mod crd;
 pub mod csi;
 pub mod events;
+pub mod limits;
 pub mod metrics;
 pub mod pod_status;
 pub mod proto;

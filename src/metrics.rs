@@ -1,8 +1,9 @@
 //! Prometheus metrics with the upstream driver's names and labels, so existing dashboards and
 //! alerts keep working, served on `--metrics-addr`.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,6 +17,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+
+use crate::limits::{MAX_LABEL_LEN, MAX_LABEL_VALUES};
 
 /// `os_type` as upstream reports it (Go's `runtime.GOOS`).
 const OS_TYPE: &str = std::env::consts::OS;
@@ -73,6 +76,31 @@ pub struct Metrics {
     sync_secret: Family<ProviderLabels, Counter>,
     sync_secret_error: Family<SyncErrorLabels, Counter>,
     sync_secret_duration: Family<OsLabels, Histogram>,
+    providers: LabelValues,
+    error_types: LabelValues,
+}
+
+/// The values one label has taken. Provider names come from classes and error types from
+/// plugins, so only the first `MAX_LABEL_VALUES` distinct values (cut to `MAX_LABEL_LEN`
+/// characters of `[A-Za-z0-9_.:/-]`) get series of their own; later ones count as `other`.
+#[derive(Debug, Default)]
+struct LabelValues(Mutex<BTreeSet<String>>);
+
+impl LabelValues {
+    fn bound(&self, value: &str) -> String {
+        let clean: String = value
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "_.:/-".contains(*c))
+            .take(MAX_LABEL_LEN)
+            .collect();
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&clean) || seen.len() < MAX_LABEL_VALUES {
+            seen.insert(clean.clone());
+            clean
+        } else {
+            "other".to_owned()
+        }
+    }
 }
 
 /// Labels `error_type`, `os_type`.
@@ -185,16 +213,22 @@ impl Metrics {
             sync_secret,
             sync_secret_error,
             sync_secret_duration,
+            providers: LabelValues::default(),
+            error_types: LabelValues::default(),
+        }
+    }
+
+    fn provider_labels(&self, provider: &str) -> ProviderLabels {
+        ProviderLabels {
+            provider: self.providers.bound(provider),
+            os_type: OS_TYPE.to_owned(),
         }
     }
 
     /// A synced Secret was created or changed.
     pub fn secret_synced(&self, provider: &str) {
         self.sync_secret
-            .get_or_create(&ProviderLabels {
-                provider: provider.to_owned(),
-                os_type: OS_TYPE.to_owned(),
-            })
+            .get_or_create(&self.provider_labels(provider))
             .inc();
     }
 
@@ -202,7 +236,7 @@ impl Metrics {
     pub fn secret_sync_error(&self, error_type: &str) {
         self.sync_secret_error
             .get_or_create(&SyncErrorLabels {
-                error_type: error_type.to_owned(),
+                error_type: self.error_types.bound(error_type),
                 os_type: OS_TYPE.to_owned(),
             })
             .inc();
@@ -220,15 +254,15 @@ impl Metrics {
     /// A NodePublishVolume succeeded (including idempotent and skipped calls, as upstream).
     pub fn publish_ok(&self, provider: &str) {
         self.node_publish
-            .get_or_create(&provider_labels(provider))
+            .get_or_create(&self.provider_labels(provider))
             .inc();
     }
 
     /// A NodePublishVolume failed, or a rotation failure was masked.
     pub fn publish_error(&self, provider: &str, error_type: &str) {
         let labels = ProviderErrorLabels {
-            provider: provider.to_owned(),
-            error_type: error_type.to_owned(),
+            provider: self.providers.bound(provider),
+            error_type: self.error_types.bound(error_type),
             os_type: OS_TYPE.to_owned(),
         };
         self.node_publish_error.get_or_create(&labels).inc();
@@ -237,7 +271,7 @@ impl Metrics {
     /// How long a fetch from a provider and write took.
     pub fn publish_duration(&self, provider: &str, elapsed: Duration) {
         self.publish_duration
-            .get_or_create(&provider_labels(provider))
+            .get_or_create(&self.provider_labels(provider))
             .observe(elapsed.as_secs_f64());
     }
 
@@ -258,7 +292,7 @@ impl Metrics {
     /// A rotation of a mounted volume succeeded.
     pub fn rotation_ok(&self, provider: &str, elapsed: Duration) {
         let labels = RotationLabels {
-            provider: provider.to_owned(),
+            provider: self.providers.bound(provider),
             os_type: OS_TYPE.to_owned(),
             rotated: "true".to_owned(),
         };
@@ -273,8 +307,8 @@ impl Metrics {
     /// A rotation of a mounted volume failed; the old files stay.
     pub fn rotation_error(&self, provider: &str, error_type: &str) {
         let labels = RotationErrorLabels {
-            provider: provider.to_owned(),
-            error_type: error_type.to_owned(),
+            provider: self.providers.bound(provider),
+            error_type: self.error_types.bound(error_type),
             os_type: OS_TYPE.to_owned(),
             rotated: "true".to_owned(),
         };
@@ -287,13 +321,6 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
-    }
-}
-
-fn provider_labels(provider: &str) -> ProviderLabels {
-    ProviderLabels {
-        provider: provider.to_owned(),
-        os_type: OS_TYPE.to_owned(),
     }
 }
 
@@ -351,6 +378,25 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
+    }
+
+    #[test]
+    fn label_values_from_outside_are_bounded() {
+        let metrics = Metrics::new();
+        for i in 0..1000 {
+            metrics.publish_error(&format!("provider-{i}"), &format!("Code{i}\n{{evil}}"));
+        }
+        metrics.publish_error("provider-0", "Code0");
+        let text = metrics.encode();
+        let providers: BTreeSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("node_publish_error_total{"))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert_eq!(providers.len(), MAX_LABEL_VALUES + 1, "{text}");
+        assert!(text.contains("provider=\"other\""), "{text}");
+        assert!(!text.contains("evil}"), "{text}");
+        assert!(text.contains("provider=\"provider-0\",error_type=\"Code0evil\""), "{text}");
     }
 
     #[test]
