@@ -18,10 +18,12 @@ use crate::metrics::{self, Metrics};
 use crate::pod_status::PodStatusWriter;
 use crate::provider::aws::{self, AwsProvider};
 use crate::provider::local::LocalProvider;
-use crate::provider::vault::{self, VaultProvider, auth::Credentials, config::TlsConfig};
+use crate::provider::vault::config::{TlsConfig, TlsFile, TlsPolicy};
+use crate::provider::vault::{self, VaultProvider, auth::Credentials};
 use crate::provider::version_key::VersionKey;
 use crate::provider::{ObjectVersion, Provider, Registry, RegistryConfig, serve};
 use crate::publish::{self, Context, Mode, PodInfo, PublishRequest, Published};
+use crate::volume::target::KubeletRoot;
 use crate::volume::{MountMode, TmpfsOptions, mount};
 use crate::{events, shutdown, sync};
 
@@ -80,24 +82,46 @@ fn key_file_path(flag: Option<&Path>, socket: &Path, default_name: &str) -> Path
     }
 }
 
+/// Where classes may name Vault TLS files: anywhere for `mount` (`kubelet_root` is `None`),
+/// else only in `--vault-tls-allowed-dirs` and never below the kubelet root.
+fn tls_policy(args: &VaultArgs, kubelet_root: Option<&Path>) -> TlsPolicy {
+    let Some(root) = kubelet_root else {
+        return TlsPolicy::default();
+    };
+    let canonical = |dir: &Path| dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let allowed = args
+        .vault_tls_allowed_dirs
+        .iter()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| canonical(dir))
+        .collect();
+    TlsPolicy {
+        allowed_dirs: Some(allowed),
+        forbidden_dirs: vec![root.to_owned(), canonical(root)],
+    }
+}
+
 fn vault_provider(
     args: &VaultArgs,
     credentials: Credentials,
     version_key: VersionKey,
+    tls_policy: TlsPolicy,
 ) -> VaultProvider {
+    let operator = |path: &Option<PathBuf>| path.clone().map(TlsFile::operator);
     VaultProvider::new(vault::Settings {
         defaults: vault::config::Defaults {
             address: args.vault_address.clone(),
             auth_mount: args.vault_mount.clone(),
             namespace: args.vault_namespace.clone().filter(|n| !n.is_empty()),
             tls: TlsConfig {
-                ca_cert: args.vault_tls_ca_cert.clone(),
-                ca_directory: args.vault_tls_ca_directory.clone(),
+                ca_cert: operator(&args.vault_tls_ca_cert),
+                ca_directory: operator(&args.vault_tls_ca_directory),
                 server_name: args.vault_tls_server_name.clone(),
                 skip_verify: args.vault_tls_skip_verify,
-                client_cert: args.vault_tls_client_cert.clone(),
-                client_key: args.vault_tls_client_key.clone(),
+                client_cert: operator(&args.vault_tls_client_cert),
+                client_key: operator(&args.vault_tls_client_key),
             },
+            tls_policy,
         },
         credentials,
         read_cache_ttl: args.vault_read_cache_ttl,
@@ -165,6 +189,12 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     }
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     let socket = csi::socket_path(&args.endpoint)?;
+    let kubelet_root = KubeletRoot::new(&args.kubelet_root_dir).with_context(|| {
+        format!(
+            "--kubelet-root-dir {}: kubelet's root directory must be mounted into the driver",
+            args.kubelet_root_dir.display()
+        )
+    })?;
     let key = version_key(Some(&key_file_path(
         args.version_key.version_key_file.as_deref(),
         &socket,
@@ -176,7 +206,12 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         match name {
             "" => {}
             vault::NAME => {
-                let vault = vault_provider(&args.vault, Credentials::PodToken, key.clone());
+                let vault = vault_provider(
+                    &args.vault,
+                    Credentials::PodToken,
+                    key.clone(),
+                    tls_policy(&args.vault, Some(kubelet_root.path())),
+                );
                 providers = providers.with_builtin(vault::NAME, Arc::new(vault));
                 tracing::info!(default_address = %args.vault.vault_address, "built-in vault provider enabled");
             }
@@ -241,7 +276,12 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             args.enable_secret_rotation
                 .then_some(args.rotation_poll_interval),
         )
-        .with_events(recorder.clone()),
+        .with_events(recorder.clone())
+        .with_kubelet_root(kubelet_root.clone())
+        .with_limits(
+            args.providers.max_call_recv_msg_size,
+            args.max_concurrent_fetches,
+        ),
     );
 
     let shutdown = shutdown::on_signal().context("installing signal handlers")?;
@@ -252,6 +292,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             driver_name: args.drivername.clone(),
             resync_interval: args.secret_sync_resync_interval,
             rollout_on_change: args.rollout_on_secret_change,
+            kubelet_root,
         },
         recorder,
         metrics.clone(),
@@ -352,7 +393,11 @@ async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> 
 async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.class)
         .with_context(|| format!("reading {}", args.class.display()))?;
-    let class = parse_class(&text).with_context(|| format!("reading {}", args.class.display()))?;
+    let mut class =
+        parse_class(&text).with_context(|| format!("reading {}", args.class.display()))?;
+    // `--attribute` edits the class itself: the file is its author's, while a pod's volume
+    // attributes may not override what a built-in provider reads.
+    class.spec.parameters.extend(args.attributes.iter().cloned());
     let name = class.metadata.name.clone().unwrap_or_default();
     if name.is_empty() {
         bail!("{}: metadata.name is required", args.class.display());
@@ -387,7 +432,12 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         )
         .with_builtin(
             vault::NAME,
-            Arc::new(vault_provider(&args.vault, credentials, key)),
+            Arc::new(vault_provider(
+                &args.vault,
+                credentials,
+                key,
+                tls_policy(&args.vault, None),
+            )),
         )
         .with_builtin(
             aws::NAME,
@@ -408,6 +458,10 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         mode,
         Arc::new(Metrics::new()),
         None,
+    )
+    .with_limits(
+        args.providers.max_call_recv_msg_size,
+        crate::limits::DEFAULT_CONCURRENT_FETCHES,
     );
     let target = std::path::absolute(&args.target)?;
     let request = mount_request(&args, &name, &namespace, target.clone());
@@ -482,7 +536,12 @@ async fn run_provider(args: ProviderServeArgs) -> anyhow::Result<()> {
                 &socket,
                 "vault.version.key",
             )));
-            Arc::new(vault_provider(&args.vault, Credentials::PodToken, key))
+            Arc::new(vault_provider(
+                &args.vault,
+                Credentials::PodToken,
+                key,
+                tls_policy(&args.vault, Some(&args.kubelet_root_dir)),
+            ))
         }
         // AWS reports its own version ids and needs no key.
         aws::NAME => {
@@ -522,7 +581,7 @@ fn mount_request(args: &MountArgs, name: &str, namespace: &str, target: PathBuf)
         uid: "00000000-0000-0000-0000-000000000000".to_owned(),
         service_account: args.service_account.clone(),
     };
-    let mut attributes: BTreeMap<String, String> = [
+    let attributes: BTreeMap<String, String> = [
         (attr::CLASS_ATTRIBUTE, name),
         (attr::POD_NAME, &pod.name),
         (attr::POD_NAMESPACE, &pod.namespace),
@@ -533,7 +592,6 @@ fn mount_request(args: &MountArgs, name: &str, namespace: &str, target: PathBuf)
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    attributes.extend(args.attributes.iter().cloned());
     PublishRequest {
         volume_id: format!("mount-{name}"),
         target_path: target,

@@ -90,6 +90,12 @@ pub struct VaultArgs {
     /// Vault requests in flight per volume.
     #[arg(long, env = "VAULT_CONCURRENCY", default_value_t = 8)]
     pub vault_concurrency: usize,
+    /// Comma-separated directories in which SecretProviderClasses may name TLS files
+    /// (`vaultCACertPath`, `vaultCADirectory`, `vaultTLSClientCertPath`,
+    /// `vaultTLSClientKeyPath`). Without it a class may name none on a node; never below the
+    /// kubelet root. `mount` reads any path.
+    #[arg(long, env = "VAULT_TLS_ALLOWED_DIRS", value_delimiter = ',')]
+    pub vault_tls_allowed_dirs: Vec<PathBuf>,
 }
 
 /// Settings of the built-in `aws` provider. Each reads the environment variable the AWS tools
@@ -152,6 +158,9 @@ pub struct ProviderServeArgs {
     /// Kubeconfig file; in-cluster configuration is used without it.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Kubelet's `--root-dir`, whose pods' volumes classes may never read files from.
+    #[arg(long, env = "KUBELET_ROOT_DIR", default_value = "/var/lib/kubelet")]
+    pub kubelet_root_dir: PathBuf,
     /// Vault settings.
     #[command(flatten)]
     pub vault: VaultArgs,
@@ -199,8 +208,9 @@ pub struct ProviderArgs {
         default_value = "/etc/kubernetes/secrets-store-csi-providers"
     )]
     pub additional_provider_volume_paths: Vec<String>,
-    /// Largest provider response accepted, in bytes.
-    #[arg(long, env = "MAX_CALL_RECV_MSG_SIZE", default_value_t = 4 * 1024 * 1024)]
+    /// Largest provider response accepted, in bytes; also what a built-in provider may read
+    /// from its backend for one volume.
+    #[arg(long, env = "MAX_CALL_RECV_MSG_SIZE", default_value_t = crate::limits::DEFAULT_VOLUME_BYTES)]
     pub max_call_recv_msg_size: usize,
     /// Size limit of each volume's tmpfs (bytes, or with a Ki/Mi/Gi suffix).
     #[arg(long, env = "TMPFS_SIZE", default_value = "32Mi", value_parser = parse_size)]
@@ -232,6 +242,14 @@ pub struct NodeArgs {
     /// This node's name (downward API `spec.nodeName`).
     #[arg(long, env = "KUBE_NODE_NAME")]
     pub nodeid: String,
+    /// Kubelet's `--root-dir`: targets must be its CSI volume paths,
+    /// `<dir>/pods/<uid>/volumes/kubernetes.io~csi/<volume>/mount`.
+    #[arg(long, env = "KUBELET_ROOT_DIR", default_value = "/var/lib/kubelet")]
+    pub kubelet_root_dir: PathBuf,
+    /// Volumes fetching from providers at once on this node; one namespace may hold a
+    /// quarter of them.
+    #[arg(long, env = "MAX_CONCURRENT_FETCHES", default_value_t = crate::limits::DEFAULT_CONCURRENT_FETCHES)]
+    pub max_concurrent_fetches: usize,
     /// Provider sockets and limits.
     #[command(flatten)]
     pub providers: ProviderArgs,
@@ -315,7 +333,7 @@ pub struct MountArgs {
     /// Service account told to the provider.
     #[arg(long, env = "SSCSI_SERVICE_ACCOUNT", default_value = "default")]
     pub service_account: String,
-    /// Extra volume attributes, `KEY=VALUE`, as a pod's `volumeAttributes` would add.
+    /// Sets a class parameter, `KEY=VALUE`, over the file's (e.g. `vaultAddress=...`).
     #[arg(long = "attribute", value_parser = parse_key_value)]
     pub attributes: Vec<(String, String)>,
     /// Keep running and re-fetch at the rotation interval, reporting what changed.

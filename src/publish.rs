@@ -8,11 +8,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::class::{self, ClassError, ClassSource};
 use crate::events::{self, PodRef, Recorder, Severity};
+use crate::limits::{DEFAULT_CONCURRENT_FETCHES, DEFAULT_VOLUME_BYTES, FetchSlots};
 use crate::metrics::Metrics;
 use crate::pod_status::{Fetch, PodStatusError, PodStatusWriter};
 use crate::provider::{MountRequest, ObjectVersion, ProviderError, Registry};
 use crate::redact::SecretString;
 use crate::volume::atomic_writer::WriteOutcome;
+use crate::volume::target::{KubeletRoot, TargetError};
 use crate::volume::{self, AtomicWriter, MountError, MountMode, Payload, PayloadError, WriteError};
 
 /// Default file mode told to providers, as upstream (`"420"` on the wire).
@@ -36,6 +38,11 @@ pub struct Context {
     pub rotation_interval: Option<Duration>,
     /// Where rotation outcomes are reported as pod Events; `None` outside a cluster.
     pub events: Option<Arc<Recorder>>,
+    /// On a node, kubelet's root: targets must be its CSI volume paths, through no symlink.
+    pub kubelet_root: Option<KubeletRoot>,
+    /// Bytes one volume's provider answer (and a built-in's backend reads) may hold.
+    pub volume_bytes: usize,
+    fetch_slots: FetchSlots,
     volumes: Mutex<HashMap<PathBuf, VolumeState>>,
 }
 
@@ -66,8 +73,27 @@ impl Context {
             metrics,
             rotation_interval,
             events: None,
+            kubelet_root: None,
+            volume_bytes: DEFAULT_VOLUME_BYTES,
+            fetch_slots: FetchSlots::new(DEFAULT_CONCURRENT_FETCHES),
             volumes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Accepts only kubelet's CSI volume paths under `root` as targets.
+    #[must_use]
+    pub fn with_kubelet_root(mut self, root: KubeletRoot) -> Self {
+        self.kubelet_root = Some(root);
+        self
+    }
+
+    /// Bounds each volume to `volume_bytes` and the node to `concurrent_fetches` volumes
+    /// fetching at once (a quarter of them per namespace).
+    #[must_use]
+    pub fn with_limits(mut self, volume_bytes: usize, concurrent_fetches: usize) -> Self {
+        self.volume_bytes = volume_bytes;
+        self.fetch_slots = FetchSlots::new(concurrent_fetches);
+        self
     }
 
     /// Reports rotation outcomes as Events on pods.
@@ -221,6 +247,20 @@ pub enum PublishError {
         #[source]
         source: ProviderError,
     },
+    /// The node's or the namespace's fetch slots stayed taken until the deadline.
+    #[error(
+        "failed to mount secrets store objects for pod {pod}: the driver is busy: all of the \
+         node's fetch slots, or the {share} of them one namespace may hold, stayed in use for \
+         {waited:?}; kubelet retries (--max-concurrent-fetches sets the slots)"
+    )]
+    Busy {
+        /// `namespace/name`.
+        pod: String,
+        /// How long the call waited.
+        waited: Duration,
+        /// Slots one namespace may hold.
+        share: usize,
+    },
     /// The provider returned files that cannot be written safely.
     #[error("failed to mount secrets store objects for pod {pod}: {source}")]
     Payload {
@@ -230,6 +270,9 @@ pub enum PublishError {
         #[source]
         source: PayloadError,
     },
+    /// The target is not a path the driver may use.
+    #[error(transparent)]
+    Target(#[from] TargetError),
     /// The target directory could not be prepared.
     #[error("failed to create target path {}: {source}", path.display())]
     TargetPath {
@@ -263,12 +306,14 @@ impl PublishError {
             Self::Class(ClassError::NotFound { .. } | ClassError::Api { .. }) => {
                 "SecretProviderClassNotFound".to_owned()
             }
-            Self::Class(_) | Self::Mount(MountError::Mount { .. } | MountError::Unmount { .. }) => {
+            Self::Class(_)
+            | Self::Busy { .. }
+            | Self::Mount(MountError::Mount { .. } | MountError::Unmount { .. }) => {
                 "FailedToMount".to_owned()
             }
             Self::Provider { source, .. } => source.error_type(),
             Self::Payload { .. } | Self::Write { .. } => "FileWriteError".to_owned(),
-            Self::TargetPath { .. } | Self::Mount(MountError::Inspect { .. }) => {
+            Self::Target(_) | Self::TargetPath { .. } | Self::Mount(MountError::Inspect { .. }) => {
                 "FailedToEnsureMountPoint".to_owned()
             }
             Self::PodStatus(_) => String::new(),
@@ -283,11 +328,6 @@ pub async fn publish(
     mode: Mode,
 ) -> Result<Published, PublishError> {
     let started = Instant::now();
-    let provider_hint = request
-        .attributes
-        .get("providerName")
-        .cloned()
-        .unwrap_or_default();
     match run(ctx, request, mode).await {
         Ok(published) => {
             ctx.metrics.publish_ok(&published.provider);
@@ -306,7 +346,7 @@ pub async fn publish(
             provider,
             remount,
         }) => {
-            let provider = provider.unwrap_or(provider_hint);
+            let provider = provider.unwrap_or_default();
             ctx.metrics.publish_error(&provider, &error.error_type());
             if remount && mode == Mode::Publish {
                 // A failed rotation must not fail the pod (kubernetes#121271): keep the old files,
@@ -379,10 +419,34 @@ impl Failure {
     }
 }
 
+/// Runs filesystem and mount work on the blocking pool, never on an async worker.
+async fn blocking<T: Send + 'static>(
+    target: &Path,
+    work: impl FnOnce() -> Result<T, PublishError> + Send + 'static,
+) -> Result<T, PublishError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join| {
+            Err(PublishError::TargetPath {
+                path: target.to_owned(),
+                source: std::io::Error::other(format!("volume task failed: {join}")),
+            })
+        })
+}
+
 async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Published, Failure> {
     let target = &request.target_path;
     let pod = format!("{}/{}", request.pod.namespace, request.pod.name);
-    let mounted = is_published(ctx, target).map_err(|e| Failure::new(e, None, false))?;
+    let mounted = {
+        let (mount_mode, root, path) = (
+            ctx.mount_mode.clone(),
+            ctx.kubelet_root.clone(),
+            target.clone(),
+        );
+        blocking(target, move || is_published(&mount_mode, root.as_ref(), &path))
+            .await
+            .map_err(|e| Failure::new(e, None, false))?
+    };
     if mounted && mode == Mode::Publish {
         let due = ctx
             .rotation_interval
@@ -390,13 +454,10 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
         if !due {
             tracing::debug!("target path is already mounted");
             let state = ctx.volume_state(target);
+            // As upstream, a call answered before the class is read counts for no provider.
             return Ok(Published {
                 outcome: Outcome::AlreadyMounted,
-                provider: request
-                    .attributes
-                    .get("providerName")
-                    .cloned()
-                    .unwrap_or_default(),
+                provider: String::new(),
                 versions: state.map(|s| s.versions).unwrap_or_default(),
                 files: Vec::new(),
             });
@@ -429,14 +490,28 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
         )
     };
     let provider = ctx.providers.get(&provider_name).map_err(provider_fail)?;
+    let parameters = class::merge_parameters(
+        namespace,
+        &request.class_name,
+        spec,
+        &request.attributes,
+        provider.class_parameters(),
+    )
+    .map_err(|e| Failure::new(e, Some(&provider_name), remount))?;
 
     // Volume: the tmpfs exists before the provider is called (legacy providers write into it).
     let prepared = if mounted {
         Prepared::default()
     } else {
-        prepare(ctx, target).map_err(|e| Failure::new(e, Some(&provider_name), remount))?
+        let (mount_mode, root, path) = (
+            ctx.mount_mode.clone(),
+            ctx.kubelet_root.clone(),
+            target.clone(),
+        );
+        blocking(target, move || prepare(&mount_mode, root.as_ref(), &path))
+            .await
+            .map_err(|e| Failure::new(e, Some(&provider_name), remount))?
     };
-    let parameters = class::merge_parameters(spec, &request.attributes);
     let fetched = fetch_and_write(
         ctx,
         request,
@@ -449,7 +524,7 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
     let fetched = match fetched {
         Ok(fetched) => fetched,
         Err(error) => {
-            prepared.undo(ctx, target);
+            prepared.undo(ctx, target).await;
             return Err(Failure {
                 error,
                 provider: Some(provider_name),
@@ -475,7 +550,7 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
             )
             .await
         {
-            prepared.undo(ctx, target);
+            prepared.undo(ctx, target).await;
             return Err(Failure::new(err, Some(&provider_name), remount));
         }
     }
@@ -523,6 +598,26 @@ async fn fetch_and_write(
     provider: &dyn crate::provider::Provider,
     parameters: BTreeMap<String, String>,
 ) -> Result<Fetched, PublishError> {
+    let started = Instant::now();
+    let provider_error = |source| PublishError::Provider {
+        pod: pod.to_owned(),
+        source,
+    };
+    let acquire = ctx.fetch_slots.acquire(&request.pod.namespace);
+    let slot = match request.timeout {
+        Some(timeout) => tokio::time::timeout(timeout, acquire).await.ok(),
+        None => Some(acquire.await),
+    };
+    let Some(_slot) = slot else {
+        return Err(PublishError::Busy {
+            pod: pod.to_owned(),
+            waited: started.elapsed(),
+            share: ctx.fetch_slots.namespace_share(),
+        });
+    };
+    let timeout = request
+        .timeout
+        .map(|timeout| timeout.saturating_sub(started.elapsed()));
     let mount_request = MountRequest {
         parameters,
         service_account_tokens: request.service_account_tokens.clone(),
@@ -533,14 +628,11 @@ async fn fetch_and_write(
             .volume_state(&request.target_path)
             .map(|s| s.versions)
             .unwrap_or_default(),
-        timeout: request.timeout,
-    };
-    let provider_error = |source| PublishError::Provider {
-        pod: pod.to_owned(),
-        source,
+        timeout,
+        max_bytes: ctx.volume_bytes,
     };
     let call = provider.mount(mount_request);
-    let response = match request.timeout {
+    let response = match timeout {
         Some(timeout) => tokio::time::timeout(timeout, call)
             .await
             .unwrap_or_else(|_| {
@@ -557,9 +649,11 @@ async fn fetch_and_write(
             provider: provider_name.to_owned(),
         }));
     }
-    let payload = Payload::validate(response.files).map_err(|source| PublishError::Payload {
-        pod: pod.to_owned(),
-        source,
+    let payload = Payload::validate(response.files, ctx.volume_bytes).map_err(|source| {
+        PublishError::Payload {
+            pod: pod.to_owned(),
+            source,
+        }
     })?;
     let files = payload
         .files()
@@ -569,46 +663,53 @@ async fn fetch_and_write(
             size: file.contents.expose().len(),
         })
         .collect();
-    // An empty payload is a legacy provider that wrote its own files.
-    let changed = if payload.is_empty() {
-        true
-    } else {
-        let writer = AtomicWriter::new(&request.target_path);
-        let outcome = tokio::task::spawn_blocking(move || writer.write(&payload))
-            .await
-            .map_err(|join| PublishError::TargetPath {
-                path: request.target_path.clone(),
-                source: std::io::Error::other(join.to_string()),
-            })?
-            .map_err(|source| PublishError::Write {
-                pod: pod.to_owned(),
-                source,
-            })?;
-        outcome == WriteOutcome::Changed
-    };
+    // An empty payload is a legacy provider that wrote its own files: the writer still swaps
+    // in an empty `..data`, which marks the volume as published.
+    let legacy = payload.is_empty();
+    let writer = AtomicWriter::new(&request.target_path);
+    let target = request.target_path.clone();
+    let outcome = tokio::task::spawn_blocking(move || writer.write(&payload))
+        .await
+        .unwrap_or_else(|join| Err(WriteError::interrupted(&target, join.to_string())))
+        .map_err(|source| PublishError::Write {
+            pod: pod.to_owned(),
+            source,
+        })?;
     Ok(Fetched {
         versions: response.versions,
         files,
-        changed,
+        changed: legacy || outcome == WriteOutcome::Changed,
     })
 }
 
-/// Whether the target already holds a published volume. A tmpfs that cannot be listed is
-/// corrupt: it is unmounted and treated as absent, as upstream does.
-fn is_published(ctx: &Context, target: &Path) -> Result<bool, PublishError> {
-    match ctx.mount_mode {
+/// Whether the target holds a published volume: mounted (for tmpfs) and holding `..data`.
+/// A tmpfs without `..data` is what a first mount that died midway leaves, and one that
+/// cannot be listed is corrupt: either is unmounted and treated as absent.
+fn is_published(
+    mode: &MountMode,
+    root: Option<&KubeletRoot>,
+    target: &Path,
+) -> Result<bool, PublishError> {
+    if let Some(root) = root {
+        root.check_no_links(target)?;
+    }
+    let written = || AtomicWriter::swapped_at(target).is_ok();
+    match mode {
         MountMode::Tmpfs(_) => {
             if !volume::mount::is_mount_point(target)? {
                 return Ok(false);
             }
-            if std::fs::read_dir(target).is_err() {
-                tracing::warn!(target = %target.display(), "mounted target cannot be listed, remounting");
-                volume::mount::unmount(target)?;
-                return Ok(false);
+            if std::fs::read_dir(target).is_ok() && written() {
+                return Ok(true);
             }
-            Ok(true)
+            tracing::warn!(
+                target = %target.display(),
+                "mounted target holds no complete contents (an interrupted first mount), remounting"
+            );
+            volume::mount::unmount(target)?;
+            Ok(false)
         }
-        MountMode::PlainDir => Ok(AtomicWriter::swapped_at(target).is_ok()),
+        MountMode::PlainDir => Ok(written()),
     }
 }
 
@@ -619,22 +720,30 @@ struct Prepared {
     mounted: bool,
 }
 
-fn prepare(ctx: &Context, target: &Path) -> Result<Prepared, PublishError> {
+fn prepare(
+    mode: &MountMode,
+    root: Option<&KubeletRoot>,
+    target: &Path,
+) -> Result<Prepared, PublishError> {
     let target_error = |source| PublishError::TargetPath {
         path: target.to_owned(),
         source,
     };
-    let created_dir = !target.exists();
+    let created_dir = std::fs::symlink_metadata(target).is_err();
     if created_dir {
         std::fs::create_dir_all(target).map_err(target_error)?;
+    }
+    if let Some(root) = root {
+        // Nothing below the root may have become a link while the directory was created.
+        root.check_no_links(target)?;
     }
     let mut prepared = Prepared {
         created_dir,
         mounted: false,
     };
-    if let MountMode::Tmpfs(options) = &ctx.mount_mode {
+    if let MountMode::Tmpfs(options) = mode {
         if let Err(err) = volume::mount::mount_tmpfs(target, options) {
-            prepared.undo(ctx, target);
+            prepared.undo_now(mode, target);
             return Err(err.into());
         }
         prepared.mounted = true;
@@ -644,7 +753,19 @@ fn prepare(ctx: &Context, target: &Path) -> Result<Prepared, PublishError> {
 
 impl Prepared {
     /// Leaves the target as it was found: no mount, no directory this call created.
-    fn undo(&self, ctx: &Context, target: &Path) {
+    async fn undo(self, ctx: &Context, target: &Path) {
+        // A failed rotation of a mounted volume keeps what is known about it (its versions
+        // and its class's interval); only a mount this call made is forgotten.
+        if self.mounted || self.created_dir {
+            ctx.forget(target);
+        } else {
+            return;
+        }
+        let (mode, path) = (ctx.mount_mode.clone(), target.to_owned());
+        let _ = tokio::task::spawn_blocking(move || self.undo_now(&mode, &path)).await;
+    }
+
+    fn undo_now(&self, mode: &MountMode, target: &Path) {
         if self.mounted
             && let Err(err) = volume::mount::unmount(target)
         {
@@ -652,18 +773,17 @@ impl Prepared {
             return;
         }
         if self.created_dir {
-            let removed = match ctx.mount_mode {
+            let removed = match mode {
                 MountMode::Tmpfs(_) => std::fs::remove_dir(target),
-                MountMode::PlainDir => std::fs::remove_dir_all(target),
+                // `mount` without root: what the writer made, then the directory.
+                MountMode::PlainDir => AtomicWriter::new(target)
+                    .remove_written()
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| std::fs::remove_dir(target)),
             };
             if let Err(err) = removed {
                 tracing::warn!(error = %err, target = %target.display(), "failed to remove target after a failed publish");
             }
-        }
-        // A failed rotation of a mounted volume keeps what is known about it (its versions
-        // and its class's interval); only a mount this call made is forgotten.
-        if self.mounted || self.created_dir {
-            ctx.forget(target);
         }
     }
 }
@@ -671,6 +791,9 @@ impl Prepared {
 /// Why a volume could not be removed.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpublishError {
+    /// The target is not a path the driver may use.
+    #[error("failed to clean and unmount target path: {0}")]
+    Target(#[from] TargetError),
     /// Unmounting failed.
     #[error("failed to clean and unmount target path {}: {source}", path.display())]
     Unmount {
@@ -688,6 +811,16 @@ pub enum UnpublishError {
         /// The mount below it.
         mount: String,
     },
+    /// Files the driver did not write are left in the target.
+    #[error(
+        "failed to clean and unmount target path {}: it still holds files the driver did not \
+         write; they were left in place (remove them, or the directory, by hand)",
+        path.display()
+    )]
+    NotEmpty {
+        /// The target.
+        path: PathBuf,
+    },
     /// Removing the directory failed.
     #[error("failed to clean and unmount target path {}: {source}", path.display())]
     Remove {
@@ -699,17 +832,30 @@ pub enum UnpublishError {
     },
 }
 
-/// Removes a volume: unmount, delete what is left, remove the directory. A missing target is
-/// already done.
+/// Removes a volume: unmount, delete what the driver wrote, remove the then empty directory.
+/// On a node the target must be kubelet's CSI volume path, through no symlink. A missing
+/// target is already done.
 pub fn unpublish(ctx: &Context, target: &Path) -> Result<(), UnpublishError> {
+    if let Some(root) = &ctx.kubelet_root {
+        root.owner(target)?;
+        root.check_no_links(target)?;
+    }
     ctx.forget(target);
     remove_volume(target)
 }
 
-/// Unmounts and deletes a target directory, refusing to delete through another mount.
+/// Unmounts a target directory, removes what the atomic writer made and then the directory,
+/// which must be empty by then: nothing else is ever deleted, no link is followed, and
+/// nothing is deleted through another mount.
 pub fn remove_volume(target: &Path) -> Result<(), UnpublishError> {
-    if std::fs::symlink_metadata(target).is_err() {
+    let Ok(meta) = std::fs::symlink_metadata(target) else {
         return Ok(());
+    };
+    if meta.file_type().is_symlink() {
+        return Err(UnpublishError::Target(TargetError::Symlink {
+            path: target.display().to_string(),
+            link: target.display().to_string(),
+        }));
     }
     let unmount_error = |source| UnpublishError::Unmount {
         path: target.to_owned(),
@@ -731,8 +877,22 @@ pub fn remove_volume(target: &Path) -> Result<(), UnpublishError> {
             mount,
         });
     }
-    std::fs::remove_dir_all(target).map_err(|source| UnpublishError::Remove {
-        path: target.to_owned(),
-        source,
+    AtomicWriter::new(target)
+        .remove_written()
+        .map_err(|err| UnpublishError::Remove {
+            path: target.to_owned(),
+            source: std::io::Error::other(err),
+        })?;
+    std::fs::remove_dir(target).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::DirectoryNotEmpty {
+            UnpublishError::NotEmpty {
+                path: target.to_owned(),
+            }
+        } else {
+            UnpublishError::Remove {
+                path: target.to_owned(),
+                source,
+            }
+        }
     })
 }

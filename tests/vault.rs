@@ -767,7 +767,8 @@ async fn tls_is_verified_against_the_configured_ca_and_server_name() {
         return;
     };
     configure(&bao, &api);
-    let driver = Driver::start(&api, &[]).await;
+    let allowed = format!("--vault-tls-allowed-dirs={}", bao.dir.path().display());
+    let driver = Driver::start(&api, &[&allowed]).await;
     let ca = bao.ca_cert.clone().unwrap();
     let address = bao.addr.replace("127.0.0.1", "localhost");
     let one = "- {objectName: p, secretPath: secret/data/app, secretKey: password}\n";
@@ -799,6 +800,11 @@ async fn tls_is_verified_against_the_configured_ca_and_server_name() {
         ),
         (
             "missing-ca",
+            json!({"vaultAddress": bao.addr, "vaultCACertPath": bao.dir.path().join("nonexistent.pem")}),
+            Some(Code::InvalidArgument),
+        ),
+        (
+            "ca-outside-the-allowed-dirs",
             json!({"vaultAddress": bao.addr, "vaultCACertPath": "/nonexistent/ca.pem"}),
             Some(Code::InvalidArgument),
         ),

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use kube::Api;
 
 use crate::crd::{SecretProviderClass, SecretProviderClassSpec, v1alpha1};
+use crate::limits::{MAX_PARAMETER_BYTES, MAX_PARAMETERS};
 
 /// Annotation on a SecretProviderClass that sets its own rotation interval (a duration such
 /// as `30s` or `1h`), overriding `--rotation-poll-interval` for its volumes.
@@ -96,6 +97,37 @@ pub enum ClassError {
         name: String,
         /// The annotation's value.
         value: String,
+    },
+    /// `spec.parameters` is larger than a volume's parameters may be.
+    #[error(
+        "parameters of {namespace}/{name} are too large: {count} entries of {bytes} bytes; a class \
+         may have at most {MAX_PARAMETERS} parameters of {MAX_PARAMETER_BYTES} bytes in all"
+    )]
+    TooLarge {
+        /// The namespace.
+        namespace: String,
+        /// The class name.
+        name: String,
+        /// Number of parameters.
+        count: usize,
+        /// Their keys' and values' bytes.
+        bytes: usize,
+    },
+    /// A pod's volume attribute names a parameter that only the class may set.
+    #[error(
+        "volume attribute {attribute:?} cannot override SecretProviderClass {namespace}/{name}: \
+         the built-in {provider} provider reads its settings from the class only; move it into \
+         the class's spec.parameters"
+    )]
+    PodOverride {
+        /// The namespace.
+        namespace: String,
+        /// The class name.
+        name: String,
+        /// The attribute.
+        attribute: String,
+        /// The provider.
+        provider: String,
     },
     /// `spec.parameters` is empty.
     #[error(
@@ -219,22 +251,51 @@ pub fn check(
             name: name.to_owned(),
         });
     }
+    let bytes = map_bytes(&spec.parameters);
+    if spec.parameters.len() > MAX_PARAMETERS || bytes > MAX_PARAMETER_BYTES {
+        return Err(ClassError::TooLarge {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            count: spec.parameters.len(),
+            bytes,
+        });
+    }
     Ok(())
 }
 
+/// Bytes of a string map's keys and values.
+pub fn map_bytes(map: &BTreeMap<String, String>) -> usize {
+    map.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
 /// The provider's parameters: the class's, overridden by the pod's volume attributes, as
-/// upstream merges them.
+/// upstream merges them, except that an attribute naming one of `class_only` (what a
+/// built-in provider reads, since it runs inside the privileged driver) is refused.
 pub fn merge_parameters(
+    namespace: &str,
+    name: &str,
     spec: &SecretProviderClassSpec,
     volume_attributes: &BTreeMap<String, String>,
-) -> BTreeMap<String, String> {
+    class_only: &[&str],
+) -> Result<BTreeMap<String, String>, ClassError> {
+    if let Some(attribute) = volume_attributes
+        .keys()
+        .find(|key| class_only.contains(&key.as_str()))
+    {
+        return Err(ClassError::PodOverride {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            attribute: attribute.clone(),
+            provider: spec.provider.trim().to_owned(),
+        });
+    }
     let mut merged = spec.parameters.clone();
     merged.extend(
         volume_attributes
             .iter()
             .map(|(k, v)| (k.clone(), v.clone())),
     );
-    merged
+    Ok(merged)
 }
 
 #[cfg(test)]
@@ -253,10 +314,33 @@ mod tests {
         let attributes = [("b", "pod"), ("c", "pod")]
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .into();
-        let merged = merge_parameters(&spec, &attributes);
+        let merged = merge_parameters("ns", "c", &spec, &attributes, &[]).unwrap();
         assert_eq!(merged["a"], "class");
         assert_eq!(merged["b"], "pod");
         assert_eq!(merged["c"], "pod");
+        let refused = merge_parameters("ns", "c", &spec, &attributes, &["a", "c"]).unwrap_err();
+        assert!(
+            refused.to_string().contains("volume attribute \"c\" cannot override"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_class_has_bounded_parameters() {
+        let mut spec = SecretProviderClassSpec {
+            provider: "p".into(),
+            ..Default::default()
+        };
+        spec.parameters.insert("objects".into(), "x".repeat(MAX_PARAMETER_BYTES));
+        assert!(matches!(
+            check("ns", "c", &spec),
+            Err(ClassError::TooLarge { .. })
+        ));
+        spec.parameters = (0..=MAX_PARAMETERS).map(|i| (i.to_string(), String::new())).collect();
+        assert!(matches!(
+            check("ns", "c", &spec),
+            Err(ClassError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use super::guard::InFlight;
-use super::request::{grpc_timeout, publish_request};
+use super::request::{check_target, grpc_timeout, publish_request};
 use super::status::full_message;
 use crate::proto::csi::v1 as pb;
 use crate::proto::csi::v1::node_server::Node;
@@ -63,7 +63,12 @@ impl Node for NodeService {
         let provider_budget = deadline
             .saturating_sub(CLEANUP_MARGIN)
             .max(Duration::from_millis(100));
-        let request = publish_request(request.into_inner(), Some(provider_budget)).inspect_err(|status| {
+        let request = publish_request(
+            request.into_inner(),
+            Some(provider_budget),
+            self.ctx.kubelet_root.as_ref(),
+        )
+        .inspect_err(|status| {
             tracing::warn!(code = ?status.code(), error = status.message(), "rejected NodePublishVolume request");
         })?;
         let span = tracing::info_span!(
@@ -138,6 +143,9 @@ impl Node for NodeService {
         }
         let target = PathBuf::from(&request.target_path);
         let span = tracing::info_span!("node_unpublish_volume", target = %target.display());
+        check_target(&target, self.ctx.kubelet_root.as_ref()).inspect_err(|status| {
+            span.in_scope(|| tracing::warn!(error = status.message(), "rejected NodeUnpublishVolume request"));
+        })?;
         let _guard = self.claim(&target)?;
         let ctx = self.ctx.clone();
         let task_target = target.clone();

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use tonic::Status;
 
+use crate::limits::{MAX_ATTRIBUTES, MAX_GRPC_TIMEOUT_DIGITS, MAX_PARAMETER_BYTES};
 use crate::proto::csi::v1 as pb;
 use crate::provider::TOKENS_ATTRIBUTE;
 use crate::publish::{PodInfo, PublishRequest};
 use crate::redact::Secret;
+use crate::volume::target::KubeletRoot;
 
 /// Volume attribute naming the SecretProviderClass.
 pub const CLASS_ATTRIBUTE: &str = "secretProviderClass";
@@ -23,10 +25,12 @@ pub const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
 pub const SERVICE_ACCOUNT: &str = "csi.storage.k8s.io/serviceAccount.name";
 
 /// Checks a NodePublishVolume request in upstream's order, each failure an `INVALID_ARGUMENT`
-/// naming the field and how to fix it.
+/// naming the field and how to fix it. With `kubelet_root` (on a node) the target must be
+/// kubelet's path for a CSI volume under it.
 pub fn publish_request(
     request: pb::NodePublishVolumeRequest,
     timeout: Option<Duration>,
+    kubelet_root: Option<&KubeletRoot>,
 ) -> Result<PublishRequest, Status> {
     let Some(capability) = request.volume_capability else {
         return Err(Status::invalid_argument(
@@ -62,6 +66,20 @@ pub fn publish_request(
         return Err(Status::invalid_argument(format!(
             "Target path {:?} is not absolute",
             request.target_path
+        )));
+    }
+    check_target(&target_path, kubelet_root)?;
+    let bytes: usize = request
+        .volume_context
+        .iter()
+        .chain(&request.secrets)
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if request.volume_context.len() > MAX_ATTRIBUTES || bytes > MAX_PARAMETER_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "Volume attributes too large: {} attributes of {bytes} bytes (with the secrets); a \
+             volume may have at most {MAX_ATTRIBUTES} of {MAX_PARAMETER_BYTES} bytes in all",
+            request.volume_context.len()
         )));
     }
 
@@ -117,14 +135,36 @@ pub fn publish_request(
     })
 }
 
+/// On a node, the target must be one of kubelet's CSI volume paths (unpublish too).
+pub fn check_target(target: &std::path::Path, root: Option<&KubeletRoot>) -> Result<(), Status> {
+    match root {
+        Some(root) => root
+            .owner(target)
+            .map(drop)
+            .map_err(|err| Status::invalid_argument(err.to_string())),
+        None => Ok(()),
+    }
+}
+
 /// The caller's deadline from the `grpc-timeout` header (e.g. `119999m`), if any.
 pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value: at most 8 ASCII digits and a unit (`H M S m u n`), as the gRPC
+/// spec allows; anything else is no deadline.
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty()
+        || digits.len() > MAX_GRPC_TIMEOUT_DIGITS
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
     let amount: u64 = digits.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
         "S" => Duration::from_secs(amount),
         "m" => Duration::from_millis(amount),
         "u" => Duration::from_micros(amount),
@@ -165,13 +205,13 @@ mod tests {
     }
 
     fn message(request: pb::NodePublishVolumeRequest) -> (tonic::Code, String) {
-        let status = publish_request(request, None).unwrap_err();
+        let status = publish_request(request, None, None).unwrap_err();
         (status.code(), status.message().to_owned())
     }
 
     #[test]
     fn a_valid_request_becomes_typed() {
-        let typed = publish_request(valid(), None).unwrap();
+        let typed = publish_request(valid(), None, None).unwrap();
         assert_eq!(typed.class_name, "spc");
         assert_eq!(
             typed.pod,
@@ -199,7 +239,7 @@ mod tests {
         request
             .secrets
             .insert(TOKENS_ATTRIBUTE.into(), "from-secrets".into());
-        let typed = publish_request(request, None).unwrap();
+        let typed = publish_request(request, None, None).unwrap();
         assert_eq!(
             typed.service_account_tokens.unwrap().expose(),
             "from-secrets"
@@ -263,5 +303,39 @@ mod tests {
         assert_eq!(grpc_timeout(&metadata), Some(Duration::from_millis(1500)));
         metadata.insert("grpc-timeout", "2M".parse().unwrap());
         assert_eq!(grpc_timeout(&metadata), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_grpc_timeout("99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        // What once overflowed a multiplication, and what the spec does not allow.
+        for bad in ["18446744073709551615H", "123456789S", "+5S", "5", "", "S", "-1m", "5x"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn oversized_attributes_and_foreign_targets_are_refused() {
+        let mut r = valid();
+        r.volume_context
+            .insert("huge".into(), "x".repeat(MAX_PARAMETER_BYTES));
+        assert!(message(r).1.starts_with("Volume attributes too large"));
+        let mut r = valid();
+        for i in 0..MAX_ATTRIBUTES {
+            r.volume_context.insert(format!("k{i}"), String::new());
+        }
+        assert!(message(r).1.starts_with("Volume attributes too large"));
+        let dir = tempfile::tempdir().unwrap();
+        let root = KubeletRoot::new(dir.path()).unwrap();
+        let mut r = valid();
+        r.target_path = dir
+            .path()
+            .join("pods/u/volumes/kubernetes.io~csi/v/mount")
+            .display()
+            .to_string();
+        assert!(publish_request(r.clone(), None, Some(&root)).is_ok());
+        r.target_path = "/etc/ssl".into();
+        let status = publish_request(r, None, Some(&root)).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("--kubelet-root-dir"), "{}", status.message());
     }
 }

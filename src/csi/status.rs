@@ -6,7 +6,7 @@ use tonic::{Code, Status};
 use crate::class::ClassError;
 use crate::pod_status::PodStatusError;
 use crate::publish::{PublishError, UnpublishError};
-use crate::volume::MountError;
+use crate::volume::{MountError, PayloadError};
 
 impl From<&PublishError> for Code {
     fn from(error: &PublishError) -> Self {
@@ -18,8 +18,17 @@ impl From<&PublishError> for Code {
                 | ClassError::MissingParameters { .. }
                 | ClassError::RotationInterval { .. },
             ) => Code::FailedPrecondition,
+            PublishError::Class(ClassError::TooLarge { .. } | ClassError::PodOverride { .. }) => {
+                Code::InvalidArgument
+            }
             PublishError::Provider { source, .. } => source.grpc_code(),
+            PublishError::Busy { .. } => Code::ResourceExhausted,
+            PublishError::Payload {
+                source: PayloadError::TooLarge { .. } | PayloadError::TooManyFiles { .. },
+                ..
+            } => Code::ResourceExhausted,
             PublishError::Payload { .. } => Code::Internal,
+            PublishError::Target(_) => Code::InvalidArgument,
             PublishError::TargetPath { .. } | PublishError::Write { .. } => Code::Internal,
             PublishError::Mount(
                 MountError::Mount { .. } | MountError::Unmount { .. } | MountError::Inspect { .. },
@@ -39,6 +48,8 @@ impl From<PublishError> for Status {
 impl From<UnpublishError> for Status {
     fn from(error: UnpublishError) -> Self {
         let code = match &error {
+            UnpublishError::Target(_) => Code::InvalidArgument,
+            UnpublishError::NotEmpty { .. } => Code::FailedPrecondition,
             UnpublishError::Unmount { .. }
             | UnpublishError::NestedMount { .. }
             | UnpublishError::Remove { .. } => Code::Internal,

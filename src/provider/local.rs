@@ -12,6 +12,7 @@
 //! - `filePermission` (optional): default octal mode, e.g. `"0640"`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
@@ -19,10 +20,16 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::version_key::VersionKey;
-use super::{MountRequest, MountResponse, ObjectVersion, Provider, ProviderError, ProviderFile};
+use super::{
+    MountRequest, MountResponse, ObjectVersion, Provider, ProviderError, ProviderFile, yaml,
+};
+use crate::limits::{self, MAX_FILES, MAX_PATH_DEPTH};
 use crate::redact::{Secret, SecretBytes};
 
 const NAME: &str = "local";
+
+/// The parameters this provider reads, which only the class may set.
+pub const PARAMETERS: &[&str] = &["source", "objects", "filePermission"];
 
 /// Reads objects from local files, optionally jailed to a root directory.
 #[derive(Debug)]
@@ -55,6 +62,7 @@ impl LocalProvider {
         &self,
         parameters: &BTreeMap<String, String>,
         default_mode: u32,
+        max_bytes: usize,
     ) -> Result<MountResponse, ProviderError> {
         let source = parameters.get("source").filter(|s| !s.trim().is_empty()).ok_or_else(|| {
             invalid("parameter `source` is required: the path of a YAML/JSON file or a directory holding the objects")
@@ -71,9 +79,9 @@ impl LocalProvider {
         };
         let source_path = self.resolve(Path::new(source.trim()))?;
         let available = if source_path.is_dir() {
-            self.read_dir(&source_path)?
+            self.read_dir(&source_path, max_bytes)?
         } else {
-            read_file(&source_path)?
+            parse_source(&read_bounded(&source_path, max_bytes)?, &source_path)?
         };
 
         let mut files = Vec::new();
@@ -101,6 +109,12 @@ impl LocalProvider {
                 .object_alias
                 .clone()
                 .unwrap_or_else(|| object.object_name.clone());
+            limits::check_file_path(&path).map_err(|why| {
+                invalid(&format!(
+                    "objects[{index}] ({}): file {path:?}: {why}",
+                    object.object_name
+                ))
+            })?;
             if !seen.insert(path.clone()) {
                 return Err(invalid(&format!(
                     "objects[{index}] ({}): file {path:?} is produced twice; give one of them an objectAlias",
@@ -186,10 +200,19 @@ impl LocalProvider {
         }
     }
 
-    fn read_dir(&self, dir: &Path) -> Result<BTreeMap<String, SecretBytes>, ProviderError> {
+    /// The files below `dir` as objects named by relative path. Links are followed (the
+    /// `..data` layouts of Kubernetes volumes are links) but no directory is entered twice,
+    /// and the walk stops at the depth, count and size a volume may have.
+    fn read_dir(
+        &self,
+        dir: &Path,
+        max_bytes: usize,
+    ) -> Result<BTreeMap<String, SecretBytes>, ProviderError> {
         let mut objects = BTreeMap::new();
-        let mut pending = vec![(dir.to_owned(), String::new())];
-        while let Some((current, prefix)) = pending.pop() {
+        let mut visited = BTreeSet::from([dir.to_owned()]);
+        let mut pending = vec![(dir.to_owned(), String::new(), 0usize)];
+        let mut bytes = 0usize;
+        while let Some((current, prefix, depth)) = pending.pop() {
             let entries = std::fs::read_dir(&current).map_err(|err| backend(&current, &err))?;
             for entry in entries {
                 let entry = entry.map_err(|err| backend(&current, &err))?;
@@ -207,10 +230,29 @@ impl LocalProvider {
                     format!("{prefix}/{name}")
                 };
                 if resolved.is_dir() {
-                    pending.push((resolved, relative));
+                    if depth + 1 >= MAX_PATH_DEPTH {
+                        return Err(too_big(&format!(
+                            "{} is more than {MAX_PATH_DEPTH} directories deep",
+                            path.display()
+                        )));
+                    }
+                    if !visited.insert(resolved.clone()) {
+                        return Err(invalid(&format!(
+                            "{} leads back to a directory already read (a symlink loop)",
+                            path.display()
+                        )));
+                    }
+                    pending.push((resolved, relative, depth + 1));
                 } else {
-                    let bytes = std::fs::read(&resolved).map_err(|err| backend(&resolved, &err))?;
-                    objects.insert(relative, Secret::new(bytes));
+                    if objects.len() >= MAX_FILES {
+                        return Err(too_big(&format!(
+                            "{} holds more than {MAX_FILES} files",
+                            dir.display()
+                        )));
+                    }
+                    let contents = read_bounded(&resolved, max_bytes.saturating_sub(bytes))?;
+                    bytes += contents.len();
+                    objects.insert(relative, Secret::new(contents));
                 }
             }
         }
@@ -220,9 +262,27 @@ impl LocalProvider {
 
 #[async_trait]
 impl Provider for LocalProvider {
+    fn class_parameters(&self) -> &'static [&'static str] {
+        PARAMETERS
+    }
+
     async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
-        // A handful of small local reads: cheaper inline than a trip to the blocking pool.
-        self.load(&request.parameters, request.default_mode)
+        let this = Self {
+            base: self.base.clone(),
+            jail: self.jail,
+            version_key: self.version_key.clone(),
+        };
+        // Reading files is blocking work.
+        tokio::task::spawn_blocking(move || {
+            this.load(&request.parameters, request.default_mode, request.max_bytes)
+        })
+        .await
+        .unwrap_or_else(|join| {
+            Err(ProviderError::Backend {
+                provider: NAME.to_owned(),
+                message: format!("reading the source failed: {join}"),
+            })
+        })
     }
 }
 
@@ -261,8 +321,8 @@ enum SourceValue {
     },
 }
 
-fn parse_objects(yaml: &str) -> Result<Vec<ObjectSpec>, ProviderError> {
-    let objects: Vec<ObjectSpec> = serde_saphyr::from_str(yaml).map_err(|err| {
+fn parse_objects(text: &str) -> Result<Vec<ObjectSpec>, ProviderError> {
+    let objects: Vec<ObjectSpec> = yaml::objects(text).map_err(|err| {
         invalid(&format!(
             "parameter `objects` is not a YAML list of {{objectName, objectAlias, filePermission}}: {err}"
         ))
@@ -277,14 +337,45 @@ fn parse_objects(yaml: &str) -> Result<Vec<ObjectSpec>, ProviderError> {
     Ok(objects)
 }
 
-fn read_file(path: &Path) -> Result<BTreeMap<String, SecretBytes>, ProviderError> {
-    let text = std::fs::read_to_string(path).map_err(|err| backend(path, &err))?;
-    // YAML is a superset of JSON, so one parser reads both.
-    let values: BTreeMap<String, SourceValue> = serde_saphyr::from_str(&text).map_err(|err| {
+/// A file's bytes, refusing one larger than `max_bytes` before reading it.
+fn read_bounded(path: &Path, max_bytes: usize) -> Result<Vec<u8>, ProviderError> {
+    let file = std::fs::File::open(path).map_err(|err| backend(path, &err))?;
+    let len = file.metadata().map_err(|err| backend(path, &err))?.len();
+    let limit = u64::try_from(max_bytes).unwrap_or(u64::MAX);
+    if len > limit {
+        return Err(too_big(&format!(
+            "{} is {len} bytes; the volume may hold at most {max_bytes} more",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|err| backend(path, &err))?;
+    if bytes.len() > max_bytes {
+        return Err(too_big(&format!("{} grew while it was read", path.display())));
+    }
+    Ok(bytes)
+}
+
+/// The objects of a YAML/JSON source document (`path` names it in errors).
+pub fn parse_source(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<BTreeMap<String, SecretBytes>, ProviderError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        invalid(&format!(
+            "source {} is not UTF-8 text; use valueBase64 for binary values",
+            path.display()
+        ))
+    })?;
+    // YAML is a superset of JSON, so one parser reads both; the document holds secrets, so
+    // errors never quote it.
+    let values: BTreeMap<String, SourceValue> = yaml::from_str(text, false).map_err(|err| {
         invalid(&format!(
             "source {} is not a YAML/JSON map of object name to value: {}",
             path.display(),
-            // The parser's message may quote the document; keep only its position.
+            // Only the first line, without a quoted fragment.
             err.to_string()
                 .lines()
                 .next()
@@ -344,6 +435,16 @@ fn invalid(message: &str) -> ProviderError {
     }
 }
 
+fn too_big(message: &str) -> ProviderError {
+    ProviderError::Exhausted {
+        provider: NAME.to_owned(),
+        message: format!(
+            "{message}; a volume holds at most {MAX_FILES} files, {MAX_PATH_DEPTH} directories \
+             deep, within --max-call-recv-msg-size bytes"
+        ),
+    }
+}
+
 fn denied(message: &str) -> ProviderError {
     ProviderError::PermissionDenied {
         provider: NAME.to_owned(),
@@ -361,6 +462,7 @@ fn backend(path: &Path, err: &std::io::Error) -> ProviderError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::DEFAULT_VOLUME_BYTES;
 
     fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -383,6 +485,7 @@ mod tests {
             .load(
                 &params(&[("source", "s.yaml"), ("objects", objects)]),
                 0o644,
+                DEFAULT_VOLUME_BYTES,
             )
             .unwrap();
         let files: Vec<_> = response
@@ -418,7 +521,7 @@ mod tests {
         let provider = LocalProvider::jailed(root.path().to_owned(), VersionKey::ephemeral());
         for source in ["../s.yaml", "link.yaml"] {
             let err = provider
-                .load(&params(&[("source", source)]), 0o644)
+                .load(&params(&[("source", source)]), 0o644, DEFAULT_VOLUME_BYTES)
                 .unwrap_err();
             assert!(
                 matches!(err, ProviderError::PermissionDenied { .. }),
@@ -427,7 +530,7 @@ mod tests {
         }
         let absolute = outside.path().join("s.yaml");
         let err = provider
-            .load(&params(&[("source", absolute.to_str().unwrap())]), 0o644)
+            .load(&params(&[("source", absolute.to_str().unwrap())]), 0o644, DEFAULT_VOLUME_BYTES)
             .unwrap_err();
         assert!(matches!(err, ProviderError::ObjectNotFound { .. }), "{err}");
     }
@@ -457,11 +560,63 @@ mod tests {
                 .load(
                     &params(&[("source", "s.yaml"), ("objects", objects)]),
                     0o644,
+                    DEFAULT_VOLUME_BYTES,
                 )
                 .unwrap_err();
             assert!(err.to_string().contains(expected), "{err}");
         }
-        let err = provider.load(&params(&[]), 0o644).unwrap_err();
+        let err = provider
+            .load(&params(&[]), 0o644, DEFAULT_VOLUME_BYTES)
+            .unwrap_err();
         assert!(err.to_string().contains("`source` is required"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_walk_ends_at_a_symlink_loop_and_at_the_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("src");
+        std::fs::create_dir_all(source.join("a")).unwrap();
+        std::fs::write(source.join("a/secret"), "v").unwrap();
+        std::os::unix::fs::symlink(&source, source.join("a/loop")).unwrap();
+        let provider = LocalProvider::jailed(dir.path().to_owned(), VersionKey::ephemeral());
+        let err = provider
+            .load(&params(&[("source", "src")]), 0o644, DEFAULT_VOLUME_BYTES)
+            .unwrap_err();
+        assert!(err.to_string().contains("symlink loop"), "{err}");
+
+        std::fs::remove_file(source.join("a/loop")).unwrap();
+        std::fs::write(source.join("big"), vec![b'x'; 100]).unwrap();
+        let err = provider
+            .load(&params(&[("source", "src")]), 0o644, 50)
+            .unwrap_err();
+        assert_eq!(err.grpc_code(), tonic::Code::ResourceExhausted, "{err}");
+
+        let mut deep = source.clone();
+        for _ in 0..MAX_PATH_DEPTH {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        let err = provider
+            .load(&params(&[("source", "src")]), 0o644, DEFAULT_VOLUME_BYTES)
+            .unwrap_err();
+        assert!(err.to_string().contains("directories deep"), "{err}");
+    }
+
+    #[test]
+    fn an_oversized_or_deep_source_file_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let provider = LocalProvider::unjailed(dir.path().to_owned(), VersionKey::ephemeral());
+        std::fs::write(dir.path().join("big.yaml"), format!("a: {}\n", "x".repeat(100))).unwrap();
+        let err = provider
+            .load(&params(&[("source", "big.yaml")]), 0o644, 50)
+            .unwrap_err();
+        assert_eq!(err.grpc_code(), tonic::Code::ResourceExhausted, "{err}");
+        let nested = format!("a: {}hunter2{}\n", "[".repeat(5000), "]".repeat(5000));
+        std::fs::write(dir.path().join("deep.yaml"), nested).unwrap();
+        let err = provider
+            .load(&params(&[("source", "deep.yaml")]), 0o644, DEFAULT_VOLUME_BYTES)
+            .unwrap_err();
+        assert_eq!(err.grpc_code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

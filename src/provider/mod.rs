@@ -11,6 +11,7 @@ pub mod serve;
 pub mod shared_cache;
 pub mod vault;
 pub mod version_key;
+pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,6 +32,13 @@ pub const TOKENS_ATTRIBUTE: &str = "csi.storage.k8s.io/serviceAccount.tokens";
 pub trait Provider: Send + Sync + fmt::Debug {
     /// Fetches every object of one volume.
     async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError>;
+
+    /// Parameters a pod's volume attributes may not override: a built-in provider runs inside
+    /// the privileged driver, so only the class (a namespace admin) chooses where it
+    /// connects, which files it reads and what it fetches. Plugins get upstream's merge.
+    fn class_parameters(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// Everything a provider is told about one volume.
@@ -50,6 +58,8 @@ pub struct MountRequest {
     pub current_versions: Vec<ObjectVersion>,
     /// Time left before the caller gives up.
     pub timeout: Option<Duration>,
+    /// Bytes the answer may hold, and a built-in provider may read from its backend.
+    pub max_bytes: usize,
 }
 
 /// What a provider returns for one volume.
@@ -171,6 +181,14 @@ pub enum ProviderError {
         /// The transport's message.
         message: String,
     },
+    /// A volume would hold more (files, bytes, depth) than the driver's bounds allow.
+    #[error("provider {provider:?}: {message}")]
+    Exhausted {
+        /// The provider name.
+        provider: String,
+        /// Which bound and how to stay within it.
+        message: String,
+    },
     /// The plugin answered with a gRPC error.
     #[error("provider {provider:?} failed: {code:?}: {message}")]
     Rpc {
@@ -244,7 +262,7 @@ impl ProviderError {
             Self::Unavailable { .. } | Self::BackendUnavailable { .. } => Code::Unavailable,
             Self::DeadlineExceeded { .. } | Self::BackendTimeout { .. } => Code::DeadlineExceeded,
             Self::Unauthenticated { .. } => Code::Unauthenticated,
-            Self::ResponseTooLarge { .. } => Code::ResourceExhausted,
+            Self::ResponseTooLarge { .. } | Self::Exhausted { .. } => Code::ResourceExhausted,
             Self::Rpc { code, .. } => *code,
             Self::ErrorCode { .. } | Self::Backend { .. } => Code::Unknown,
             Self::MissingObjectVersions { .. } => Code::Internal,

@@ -155,6 +155,8 @@ fn from_wire(
             })
             .collect(),
         timeout,
+        // The driver on the other side bounds its answers the same way by default.
+        max_bytes: crate::limits::DEFAULT_VOLUME_BYTES,
     })
 }
 

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,18 +16,24 @@ type Slot<V> = Arc<tokio::sync::Mutex<Option<Cached<V>>>>;
 struct Cached<V> {
     value: V,
     fresh_until: Instant,
+    weight: usize,
 }
 
 /// A bounded map of values that are shared while fresh and fetched by one caller at a time.
+/// Bounded in keys and, with [`SharedCache::weighed`], in the total size of the values.
 pub struct SharedCache<K, V> {
     slots: Mutex<HashMap<K, Slot<V>>>,
     capacity: usize,
+    max_weight: usize,
+    weigh: fn(&V) -> usize,
+    weight: AtomicUsize,
 }
 
 impl<K, V> std::fmt::Debug for SharedCache<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedCache")
             .field("capacity", &self.capacity)
+            .field("max_weight", &self.max_weight)
             .finish_non_exhaustive()
     }
 }
@@ -37,6 +44,19 @@ impl<K: Eq + Hash + Clone, V: Clone> SharedCache<K, V> {
         Self {
             slots: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
+            max_weight: usize::MAX,
+            weigh: |_| 0,
+            weight: AtomicUsize::new(0),
+        }
+    }
+
+    /// A cache that also keeps values of at most `max_weight` in all, as `weigh` measures
+    /// them (bytes): a value that does not fit is handed to its callers but not kept.
+    pub fn weighed(capacity: usize, max_weight: usize, weigh: fn(&V) -> usize) -> Self {
+        Self {
+            max_weight,
+            weigh,
+            ..Self::new(capacity)
         }
     }
 
@@ -55,13 +75,36 @@ impl<K: Eq + Hash + Clone, V: Clone> SharedCache<K, V> {
         if let Some(entry) = cached.as_ref().filter(|e| e.fresh_until > Instant::now()) {
             return Ok((entry.value.clone(), false));
         }
-        let stale = cached.take().map(|entry| entry.value);
-        let (value, fresh_for) = fetch(stale).await?;
-        *cached = Some(Cached {
-            value: value.clone(),
-            fresh_until: Instant::now() + fresh_for,
+        let stale = cached.take().map(|entry| {
+            self.weight.fetch_sub(entry.weight, Ordering::AcqRel);
+            entry.value
         });
+        let (value, fresh_for) = fetch(stale).await?;
+        let weight = (self.weigh)(&value);
+        if self.reserve(weight) {
+            *cached = Some(Cached {
+                value: value.clone(),
+                fresh_until: Instant::now() + fresh_for,
+                weight,
+            });
+        }
         Ok((value, true))
+    }
+
+    /// Takes `weight` from what may be kept, first dropping expired values if needed.
+    fn reserve(&self, weight: usize) -> bool {
+        let fits = |this: &Self| {
+            this.weight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                    held.checked_add(weight).filter(|t| *t <= this.max_weight)
+                })
+                .is_ok()
+        };
+        if fits(self) {
+            return true;
+        }
+        self.drop_expired();
+        fits(self)
     }
 
     /// Drops the value for `key` if `is_bad` says so (a token the backend just refused),
@@ -69,15 +112,17 @@ impl<K: Eq + Hash + Clone, V: Clone> SharedCache<K, V> {
     pub async fn invalidate_if(&self, key: &K, is_bad: impl Fn(&V) -> bool) {
         let slot = self.slot(key);
         let mut cached = slot.lock().await;
-        if cached.as_ref().is_some_and(|entry| is_bad(&entry.value)) {
-            *cached = None;
+        if cached.as_ref().is_some_and(|entry| is_bad(&entry.value))
+            && let Some(entry) = cached.take()
+        {
+            self.weight.fetch_sub(entry.weight, Ordering::AcqRel);
         }
     }
 
     /// Drops every expired value nobody is using, so shared secret values do not outlive
     /// their window in memory.
     pub fn drop_expired(&self) {
-        drop_expired(&mut self.lock());
+        self.retain_fresh(&mut self.lock());
     }
 
     /// Number of keys held, for tests and metrics.
@@ -88,6 +133,11 @@ impl<K: Eq + Hash + Clone, V: Clone> SharedCache<K, V> {
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The weight of the values kept, for tests.
+    pub fn weight(&self) -> usize {
+        self.weight.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Slot<V>>> {
@@ -102,38 +152,49 @@ impl<K: Eq + Hash + Clone, V: Clone> SharedCache<K, V> {
             return slot.clone();
         }
         if slots.len() >= self.capacity {
-            evict(&mut slots, self.capacity);
+            self.evict(&mut slots);
         }
         let slot = Slot::default();
         slots.insert(key.clone(), slot.clone());
         slot
     }
-}
 
-/// Removes expired or empty slots nobody is using.
-fn drop_expired<K, V>(slots: &mut HashMap<K, Slot<V>>) {
-    let now = Instant::now();
-    slots.retain(|_, slot| {
-        match slot.try_lock() {
-            Ok(cached) => cached.as_ref().is_some_and(|e| e.fresh_until > now),
-            // Someone is fetching or reading it: keep it.
-            Err(_) => true,
-        }
-    });
-}
+    /// Removes expired or empty slots nobody is using.
+    fn retain_fresh(&self, slots: &mut HashMap<K, Slot<V>>) {
+        let now = Instant::now();
+        slots.retain(|_, slot| {
+            match slot.try_lock() {
+                Ok(mut cached) => {
+                    let fresh = cached.as_ref().is_some_and(|e| e.fresh_until > now);
+                    if !fresh && let Some(entry) = cached.take() {
+                        self.weight.fetch_sub(entry.weight, Ordering::AcqRel);
+                    }
+                    fresh
+                }
+                // Someone is fetching or reading it: keep it.
+                Err(_) => true,
+            }
+        });
+    }
 
-/// Frees room: first expired or empty slots nobody is using, then any unused slot.
-fn evict<K: Eq + Hash + Clone, V>(slots: &mut HashMap<K, Slot<V>>, capacity: usize) {
-    drop_expired(slots);
-    if slots.len() >= capacity {
-        let unused: Vec<K> = slots
-            .iter()
-            .filter(|(_, slot)| Arc::strong_count(slot) == 1)
-            .map(|(key, _)| key.clone())
-            .take(slots.len() + 1 - capacity)
-            .collect();
-        for key in unused {
-            slots.remove(&key);
+    /// Frees room: first expired or empty slots nobody is using, then any unused slot.
+    fn evict(&self, slots: &mut HashMap<K, Slot<V>>) {
+        self.retain_fresh(slots);
+        if slots.len() >= self.capacity {
+            let unused: Vec<K> = slots
+                .iter()
+                .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+                .map(|(key, _)| key.clone())
+                .take(slots.len() + 1 - self.capacity)
+                .collect();
+            for key in unused {
+                if let Some(slot) = slots.remove(&key)
+                    && let Ok(mut cached) = slot.try_lock()
+                    && let Some(entry) = cached.take()
+                {
+                    self.weight.fetch_sub(entry.weight, Ordering::AcqRel);
+                }
+            }
         }
     }
 }
@@ -237,5 +298,22 @@ mod tests {
                 .unwrap();
         }
         assert!(cache.len() <= 4, "{}", cache.len());
+    }
+
+    #[tokio::test]
+    async fn weighed_values_beyond_the_bound_are_handed_out_but_not_kept() {
+        let cache = SharedCache::<u32, Vec<u8>>::weighed(100, 10, Vec::len);
+        let keep = |len: usize| move |_| async move { Ok::<_, ()>((vec![0; len], Duration::from_secs(60))) };
+        assert_eq!(cache.get_or_fetch(&1, keep(6)).await.unwrap().0.len(), 6);
+        assert_eq!(cache.weight(), 6);
+        // Too big to keep beside the first: the caller still gets it.
+        assert_eq!(cache.get_or_fetch(&2, keep(6)).await.unwrap().0.len(), 6);
+        assert_eq!(cache.weight(), 6);
+        let (_, fetched) = cache.get_or_fetch(&2, keep(6)).await.unwrap();
+        assert!(fetched, "the value that did not fit was not shared");
+        let (_, fetched) = cache.get_or_fetch(&1, keep(6)).await.unwrap();
+        assert!(!fetched);
+        cache.invalidate_if(&1, |_| true).await;
+        assert_eq!(cache.weight(), 0);
     }
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::redact::Secret;
+use crate::volume::target::KubeletRoot;
 use crate::volume::{self, AtomicWriter, ReadError};
 
 /// Why a mounted volume cannot be read for sync.
@@ -43,23 +44,6 @@ pub enum FilesError {
     },
 }
 
-/// Pod UID and volume name from kubelet's `/var/lib/kubelet/pods/<uid>/volumes/kubernetes.io~csi/<volume>/mount`.
-pub fn owner_of_target(path: &str) -> Option<(&str, &str)> {
-    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    match parts.as_slice() {
-        [
-            ..,
-            "pods",
-            uid,
-            "volumes",
-            "kubernetes.io~csi",
-            volume,
-            "mount",
-        ] => Some((uid, volume)),
-        _ => None,
-    }
-}
-
 /// A published volume, checked to belong to the pod.
 #[derive(Debug)]
 pub struct MountedVolume {
@@ -69,23 +53,39 @@ pub struct MountedVolume {
 }
 
 impl MountedVolume {
-    /// Opens `target_path` if it is `pod_uid`'s volume named one of `volumes` and holds a
-    /// published volume.
-    pub fn open(target_path: &str, pod_uid: &str, volumes: &[String]) -> Result<Self, FilesError> {
-        let belongs = owner_of_target(target_path)
-            .is_some_and(|(uid, volume)| uid == pod_uid && volumes.iter().any(|v| v == volume));
-        if !belongs {
-            return Err(FilesError::NotThisPod {
-                path: target_path.to_owned(),
-                uid: pod_uid.to_owned(),
-            });
-        }
-        let not_mounted = || FilesError::NotMounted {
-            path: target_path.to_owned(),
+    /// Opens the volume of `pod_uid` that `recorded` (a status object's target path, which
+    /// its namespace's admins may edit) names, if it is one of `volumes` and published. The
+    /// path read is rebuilt from the kubelet root, the UID and the volume name, compared with
+    /// the recorded one in canonical form, and may not pass through a symlink.
+    pub fn open(
+        recorded: &str,
+        kubelet_root: &KubeletRoot,
+        pod_uid: &str,
+        volumes: &[String],
+    ) -> Result<Self, FilesError> {
+        let not_this_pod = || FilesError::NotThisPod {
+            path: recorded.to_owned(),
+            uid: pod_uid.to_owned(),
         };
-        let root = Path::new(target_path)
-            .canonicalize()
-            .map_err(|_| not_mounted())?;
+        let recorded_path = Path::new(recorded.trim_end_matches('/'));
+        let owner = kubelet_root
+            .owner(recorded_path)
+            .map_err(|_| not_this_pod())?;
+        if owner.pod_uid != pod_uid || !volumes.contains(&owner.volume) {
+            return Err(not_this_pod());
+        }
+        let root = kubelet_root
+            .volume_path(pod_uid, &owner.volume)
+            .ok_or_else(not_this_pod)?;
+        kubelet_root
+            .check_no_links(&root)
+            .map_err(|_| not_this_pod())?;
+        let not_mounted = || FilesError::NotMounted {
+            path: recorded.to_owned(),
+        };
+        if root.canonicalize().map_err(|_| not_mounted())? != root {
+            return Err(not_this_pod());
+        }
         let content_time = AtomicWriter::swapped_at(&root).map_err(|_| not_mounted())?;
         Ok(Self { root, content_time })
     }
@@ -109,32 +109,28 @@ impl MountedVolume {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_target_path_names_its_pod_and_volume() {
-        assert_eq!(
-            owner_of_target("/var/lib/kubelet/pods/0d1e/volumes/kubernetes.io~csi/secrets/mount"),
-            Some(("0d1e", "secrets"))
-        );
-        assert_eq!(owner_of_target("/var/lib/kubelet/pods/0d1e/volumes"), None);
-        assert_eq!(owner_of_target("/tmp/elsewhere/mount"), None);
+    fn published(target: &Path) {
+        let data = target.join("..2026_11_23");
+        std::fs::create_dir_all(data.join("nested")).unwrap();
+        std::fs::write(data.join("nested/bar"), b"bar").unwrap();
+        std::os::unix::fs::symlink("..2026_11_23", target.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/nested", target.join("nested")).unwrap();
     }
 
     #[test]
     fn only_the_pods_own_volume_is_read_and_names_cannot_leave_it() {
         let dir = tempfile::tempdir().unwrap();
+        let root = KubeletRoot::new(dir.path()).unwrap();
         let target = dir
             .path()
             .join("pods/uid-1/volumes/kubernetes.io~csi/vol/mount");
-        let data = target.join("..2026_11_23");
-        std::fs::create_dir_all(data.join("nested")).unwrap();
-        std::fs::write(data.join("nested/bar"), b"bar").unwrap();
+        published(&target);
         std::fs::write(dir.path().join("outside"), b"outside").unwrap();
-        std::os::unix::fs::symlink("..2026_11_23", target.join("..data")).unwrap();
-        std::os::unix::fs::symlink("..data/nested", target.join("nested")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("outside"), target.join("escape")).unwrap();
         let path = target.to_str().unwrap();
+        let vol = ["vol".to_owned()];
 
-        let volume = MountedVolume::open(path, "uid-1", &["vol".to_owned()]).unwrap();
+        let volume = MountedVolume::open(path, &root, "uid-1", &vol).unwrap();
         assert_eq!(volume.read("nested/bar").unwrap().expose(), b"bar");
         for bad in [
             "",
@@ -151,19 +147,61 @@ mod tests {
         assert!(matches!(volume.read("escape"), Err(FilesError::Missing(_))));
         assert!(matches!(volume.read("nested"), Err(FilesError::Missing(_))));
         assert!(matches!(volume.read("absent"), Err(FilesError::Missing(_))));
+        assert!(MountedVolume::open(&format!("{path}/"), &root, "uid-1", &vol).is_ok());
 
         assert!(matches!(
-            MountedVolume::open(path, "uid-2", &["vol".to_owned()]),
+            MountedVolume::open(path, &root, "uid-2", &vol),
             Err(FilesError::NotThisPod { .. })
         ));
         assert!(matches!(
-            MountedVolume::open(path, "uid-1", &["other".to_owned()]),
+            MountedVolume::open(path, &root, "uid-1", &["other".to_owned()]),
             Err(FilesError::NotThisPod { .. })
         ));
         std::fs::remove_file(target.join("..data")).unwrap();
         assert!(matches!(
-            MountedVolume::open(path, "uid-1", &["vol".to_owned()]),
+            MountedVolume::open(path, &root, "uid-1", &vol),
             Err(FilesError::NotMounted { .. })
         ));
+    }
+
+    #[test]
+    fn a_look_alike_path_or_a_symlink_never_reaches_another_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("kubelet")).unwrap();
+        let root = KubeletRoot::new(&dir.path().join("kubelet")).unwrap();
+        // Another namespace's pod, published.
+        let victim = dir
+            .path()
+            .join("kubelet/pods/victim/volumes/kubernetes.io~csi/vol/mount");
+        published(&victim);
+        // The same last components under another root, linked to the victim's volume.
+        let look_alike = dir
+            .path()
+            .join("evil/pods/uid-1/volumes/kubernetes.io~csi/vol");
+        std::fs::create_dir_all(&look_alike).unwrap();
+        std::os::unix::fs::symlink(&victim, look_alike.join("mount")).unwrap();
+        let vol = ["vol".to_owned()];
+        let recorded = look_alike.join("mount");
+        assert!(matches!(
+            MountedVolume::open(recorded.to_str().unwrap(), &root, "uid-1", &vol),
+            Err(FilesError::NotThisPod { .. })
+        ));
+        // The attacker's own volume directory replaced by a link to the victim's.
+        let own = dir
+            .path()
+            .join("kubelet/pods/uid-1/volumes/kubernetes.io~csi/vol");
+        std::fs::create_dir_all(&own).unwrap();
+        std::os::unix::fs::symlink(&victim, own.join("mount")).unwrap();
+        let recorded = own.join("mount");
+        assert!(matches!(
+            MountedVolume::open(recorded.to_str().unwrap(), &root, "uid-1", &vol),
+            Err(FilesError::NotThisPod { .. })
+        ));
+        // `..` in the recorded path is not a way around the shape either.
+        let dotted = format!(
+            "{}/kubelet/pods/uid-1/volumes/kubernetes.io~csi/vol/../../../../victim/volumes/kubernetes.io~csi/vol/mount",
+            dir.path().display()
+        );
+        assert!(MountedVolume::open(&dotted, &root, "uid-1", &vol).is_err());
     }
 }

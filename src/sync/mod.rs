@@ -31,6 +31,7 @@ use crate::class::{ClassError, ClassSource as _, KubeClasses};
 use crate::crd::{GROUP, NODE_NAME_LABEL, SecretProviderClassPodStatus};
 use crate::events::{self, PodRef, Recorder, Severity};
 use crate::metrics::Metrics;
+use crate::volume::target::KubeletRoot;
 use files::MountedVolume;
 use secret::{MANAGED_LABEL, WriteError, Written};
 
@@ -45,6 +46,8 @@ pub struct Settings {
     pub resync_interval: Duration,
     /// Whether a change of synced values rolls out the workloads that own the Secret.
     pub rollout_on_change: bool,
+    /// Kubelet's root: a record's target path is rebuilt from it, never followed as recorded.
+    pub kubelet_root: KubeletRoot,
 }
 
 /// `(namespace, name)`.
@@ -383,7 +386,12 @@ impl Controller {
         }
         self.start_secret_watch();
         let volumes = self.class_volumes(&pod, class_name);
-        let volume = match MountedVolume::open(&status.target_path, &pod_uid, &volumes) {
+        let volume = match MountedVolume::open(
+            &status.target_path,
+            &self.settings.kubelet_root,
+            &pod_uid,
+            &volumes,
+        ) {
             Ok(volume) => volume,
             Err(err) => {
                 let message = format!(

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::payload::Payload;
+use crate::limits::MAX_PATH_DEPTH;
 
 const DATA_LINK: &str = "..data";
 const DATA_TMP_LINK: &str = "..data_tmp";
@@ -42,6 +43,18 @@ pub struct WriteError {
     path: PathBuf,
     #[source]
     source: io::Error,
+}
+
+impl WriteError {
+    /// The write of `target` stopped before it could report (its task panicked or was
+    /// cancelled); whatever it left is removed by the next write.
+    pub fn interrupted(target: &Path, why: String) -> Self {
+        Self {
+            op: "finish writing",
+            path: target.to_owned(),
+            source: io::Error::other(why),
+        }
+    }
 }
 
 /// The steps of a write, in order; tests stop after one of them to simulate a crash.
@@ -74,8 +87,37 @@ impl AtomicWriter {
     }
 
     /// Swaps `payload` in; a no-op when every file's bytes and mode are already as given.
+    /// An empty payload (a legacy provider that wrote its own files) still swaps in an empty
+    /// `..data`, which marks the volume as published.
     pub fn write(&self, payload: &Payload) -> Result<WriteOutcome, WriteError> {
         self.write_until(payload, None)
+    }
+
+    /// Removes what writes made (`..data`, the data dirs, the visible links into them) and
+    /// nothing else, without following a link: what is left was put there by someone else.
+    pub fn remove_written(&self) -> Result<(), WriteError> {
+        for Entry {
+            name,
+            path,
+            file_type,
+        } in read_dir(&self.target)?
+        {
+            let ours = if name == DATA_LINK || name == DATA_TMP_LINK {
+                file_type.is_symlink()
+            } else if is_data_dir_name(&name) {
+                file_type.is_dir()
+            } else {
+                file_type.is_symlink()
+                    && fs::read_link(&path).is_ok_and(|dest| dest.starts_with(DATA_LINK))
+            };
+            match (ours, file_type.is_dir()) {
+                (false, _) => {}
+                // `remove_dir_all` does not follow the links inside.
+                (true, true) => fs::remove_dir_all(&path).map_err(io_err("remove", &path))?,
+                (true, false) => fs::remove_file(&path).map_err(io_err("remove", &path))?,
+            }
+        }
+        Ok(())
     }
 
     fn write_until(
@@ -148,9 +190,7 @@ impl AtomicWriter {
     /// Removes a `..data_tmp` link and data dirs that `..data` does not point at: what a
     /// crashed write leaves.
     fn remove_leftovers(&self, current: Option<&str>) -> Result<(), WriteError> {
-        for entry in read_dir(&self.target)? {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
+        for Entry { name, path, .. } in read_dir(&self.target)? {
             if name == DATA_TMP_LINK {
                 fs::remove_file(&path).map_err(io_err("remove", &path))?;
             } else if is_data_dir_name(&name) && Some(name.as_str()) != current {
@@ -162,8 +202,7 @@ impl AtomicWriter {
 
     /// Whether the data dir holds exactly the payload (same files, bytes and modes).
     fn matches(&self, dir: &Path, payload: &Payload) -> Result<bool, WriteError> {
-        let mut existing = Vec::new();
-        collect_files(dir, dir, &mut existing)?;
+        let existing = collect_files(dir)?;
         if existing.len() != payload.len() {
             return Ok(false);
         }
@@ -257,12 +296,10 @@ impl AtomicWriter {
 
     /// Removes visible links into `..data` whose names the new payload no longer has.
     fn remove_stale_links(&self, names: &BTreeSet<String>) -> Result<(), WriteError> {
-        for entry in read_dir(&self.target)? {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for Entry { name, path, .. } in read_dir(&self.target)? {
             if name.starts_with("..") || names.contains(&name) {
                 continue;
             }
-            let path = entry.path();
             if fs::read_link(&path).is_ok_and(|dest| dest.starts_with(DATA_LINK)) {
                 fs::remove_file(&path).map_err(io_err("remove", &path))?;
             }
@@ -291,23 +328,50 @@ fn write_file(path: &Path, mode: u32, contents: &[u8]) -> Result<(), WriteError>
         .map_err(io_err("chmod", path))
 }
 
-fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, WriteError> {
-    fs::read_dir(dir)
-        .and_then(|entries| entries.collect::<io::Result<Vec<_>>>())
-        .map_err(io_err("list", dir))
+/// One directory entry, without the directory handle a `DirEntry` keeps open.
+struct Entry {
+    name: String,
+    path: PathBuf,
+    file_type: fs::FileType,
 }
 
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), WriteError> {
-    for entry in read_dir(dir)? {
+fn read_dir(dir: &Path) -> Result<Vec<Entry>, WriteError> {
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
         let path = entry.path();
         let file_type = entry.file_type().map_err(io_err("stat", &path))?;
-        if file_type.is_dir() {
-            collect_files(root, &path, out)?;
-        } else if let Ok(relative) = path.strip_prefix(root) {
-            out.push(relative.to_owned());
+        entries.push(Entry {
+            name: entry.file_name().to_string_lossy().into_owned(),
+            path,
+            file_type,
+        });
+    }
+    Ok(entries)
+}
+
+/// The files below `root`, relative to it. The walk holds no directory open while it
+/// descends, and refuses a tree deeper than a payload may be (which the writer never makes).
+fn collect_files(root: &Path) -> Result<Vec<PathBuf>, WriteError> {
+    let mut out = Vec::new();
+    let mut pending = vec![(root.to_owned(), 0usize)];
+    while let Some((dir, depth)) = pending.pop() {
+        if depth >= MAX_PATH_DEPTH {
+            return Err(WriteError {
+                op: "walk",
+                path: dir,
+                source: io::Error::other("the tree is deeper than a volume may be"),
+            });
+        }
+        for entry in read_dir(&dir)? {
+            if entry.file_type.is_dir() {
+                pending.push((entry.path, depth + 1));
+            } else if let Ok(relative) = entry.path.strip_prefix(root) {
+                out.push(relative.to_owned());
+            }
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WriteError + 'a {
@@ -334,6 +398,7 @@ mod tests {
                     contents: Secret::new(body.as_bytes().to_vec()),
                 })
                 .collect(),
+            crate::limits::DEFAULT_VOLUME_BYTES,
         )
         .unwrap()
     }
@@ -347,10 +412,9 @@ mod tests {
             .collect();
         names.sort();
         for name in names {
-            let mut files = Vec::new();
             let path = target.join(&name);
             if path.is_dir() {
-                collect_files(&path, &path, &mut files).unwrap();
+                let mut files = collect_files(&path).unwrap();
                 files.sort();
                 for f in files {
                     let body = fs::read_to_string(path.join(&f)).unwrap();
@@ -494,5 +558,63 @@ mod tests {
             .write(&payload(&[("a", 0o644, "1"), ("b/y", 0o644, "2")]))
             .unwrap();
         assert_eq!(visible(dir.path()), pairs(&[("a", "1"), ("b/y", "2")]));
+    }
+
+    #[test]
+    fn an_empty_payload_marks_the_volume_published_and_keeps_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("written-by-provider"), "legacy").unwrap();
+        let writer = AtomicWriter::new(dir.path());
+        assert_eq!(writer.write(&payload(&[])).unwrap(), WriteOutcome::Changed);
+        assert!(AtomicWriter::swapped_at(dir.path()).is_ok());
+        assert_eq!(writer.write(&payload(&[])).unwrap(), WriteOutcome::Unchanged);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("written-by-provider")).unwrap(),
+            "legacy"
+        );
+    }
+
+    #[test]
+    fn removing_takes_only_what_the_writer_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("keep"), "outside").unwrap();
+        let writer = AtomicWriter::new(dir.path());
+        writer
+            .write(&payload(&[("a", 0o644, "1"), ("b/c", 0o644, "2")]))
+            .unwrap();
+        fs::write(dir.path().join("foreign"), "x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link-out")).unwrap();
+        writer.remove_written().unwrap();
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["foreign", "link-out"]);
+        assert_eq!(
+            fs::read_to_string(outside.path().join("keep")).unwrap(),
+            "outside"
+        );
+    }
+
+    #[test]
+    fn comparing_a_deep_tree_holds_no_directory_open_per_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = vec!["d"; MAX_PATH_DEPTH].join("/");
+        let writer = AtomicWriter::new(dir.path());
+        writer.write(&payload(&[(&deep, 0o644, "x")])).unwrap();
+        assert_eq!(
+            writer.write(&payload(&[(&deep, 0o644, "x")])).unwrap(),
+            WriteOutcome::Unchanged
+        );
+        // A tree deeper than a payload may be (not made by the writer) is refused, not walked.
+        let data = fs::read_link(dir.path().join(DATA_LINK)).unwrap();
+        let mut hostile = dir.path().join(data);
+        for _ in 0..MAX_PATH_DEPTH + 4 {
+            hostile.push("h");
+        }
+        fs::create_dir_all(&hostile).unwrap();
+        assert!(writer.write(&payload(&[(&deep, 0o644, "x")])).is_err());
     }
 }

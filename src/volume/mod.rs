@@ -4,6 +4,7 @@
 pub mod atomic_writer;
 pub mod mount;
 pub mod payload;
+pub mod target;
 
 pub use atomic_writer::{AtomicWriter, WriteError};
 pub use mount::{MountError, MountMode, TmpfsOptions};

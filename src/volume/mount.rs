@@ -70,15 +70,16 @@ pub fn mount_tmpfs(target: &Path, options: &TmpfsOptions) -> Result<(), MountErr
     })
 }
 
-/// Unmounts every mount stacked at `target`; a target that is not mounted is fine.
+/// Unmounts every mount stacked at `target` (a crashed retry, a manual mount), without
+/// following a symlink at `target`; a target that is not mounted is fine. Fails, rather than
+/// reporting success, if `target` is still a mount point afterwards.
 pub fn unmount(target: &Path) -> Result<(), MountError> {
-    // Stacked mounts (a crashed retry, a manual mount) are unwound one by one, boundedly.
     for _ in 0..8 {
         if !is_mount_point(target)? {
             return Ok(());
         }
-        match nix::mount::umount2(target, MntFlags::empty()) {
-            Ok(()) | Err(nix::Error::EINVAL | nix::Error::ENOENT) => {}
+        match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) => {}
             Err(source) => {
                 return Err(MountError::Unmount {
                     path: target.to_owned(),
@@ -86,6 +87,12 @@ pub fn unmount(target: &Path) -> Result<(), MountError> {
                 });
             }
         }
+    }
+    if is_mount_point(target)? {
+        return Err(MountError::Unmount {
+            path: target.to_owned(),
+            source: nix::Error::EBUSY,
+        });
     }
     Ok(())
 }

@@ -3,13 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::limits::{self, MAX_FILES};
 use crate::provider::ProviderFile;
 use crate::redact::SecretBytes;
-
-/// Longest path accepted, as upstream (Linux `PATH_MAX`).
-pub const MAX_PATH_LEN: usize = 4096;
-/// Longest path element accepted (Linux `NAME_MAX`).
-pub const MAX_ELEMENT_LEN: usize = 255;
 
 /// Validated files, keyed by their relative path.
 #[derive(Debug, Default, Clone)]
@@ -55,14 +51,42 @@ pub enum PayloadError {
         /// The path below it.
         other: String,
     },
+    /// More files than a volume may hold.
+    #[error("provider returned {count} files; a volume holds at most {MAX_FILES}")]
+    TooManyFiles {
+        /// How many were returned.
+        count: usize,
+    },
+    /// The contents are larger than the volume's budget.
+    #[error(
+        "provider returned more than {limit} bytes of file contents; raise \
+         --max-call-recv-msg-size (and the driver's memory limit) to mount this volume"
+    )]
+    TooLarge {
+        /// The budget in bytes.
+        limit: usize,
+    },
 }
 
 impl Payload {
-    /// Checks every file; on duplicate paths the last one wins, as upstream.
-    pub fn validate(files: Vec<ProviderFile>) -> Result<Self, PayloadError> {
+    /// Checks every file, their number and their total size (at most `max_bytes`); on
+    /// duplicate paths the last one wins, as upstream.
+    pub fn validate(files: Vec<ProviderFile>, max_bytes: usize) -> Result<Self, PayloadError> {
+        if files.len() > MAX_FILES {
+            return Err(PayloadError::TooManyFiles { count: files.len() });
+        }
+        let total = files
+            .iter()
+            .fold(0usize, |sum, f| sum.saturating_add(f.contents.expose().len()));
+        if total > max_bytes {
+            return Err(PayloadError::TooLarge { limit: max_bytes });
+        }
         let mut payload = BTreeMap::new();
         for file in files {
-            check_path(&file.path)?;
+            limits::check_file_path(&file.path).map_err(|reason| PayloadError::Path {
+                path: file.path.clone(),
+                reason,
+            })?;
             let mode = u32::try_from(file.mode)
                 .ok()
                 .filter(|mode| *mode <= 0o777)
@@ -122,46 +146,14 @@ impl Payload {
     }
 }
 
-fn check_path(path: &str) -> Result<(), PayloadError> {
-    let fail = |reason| {
-        Err(PayloadError::Path {
-            path: path.to_owned(),
-            reason,
-        })
-    };
-    if path.is_empty() {
-        return fail("the path is empty");
-    }
-    if path.len() > MAX_PATH_LEN {
-        return fail("the path is longer than 4096 bytes");
-    }
-    if path.contains('\0') {
-        return fail("the path contains a NUL byte");
-    }
-    if path.starts_with('/') {
-        return fail("the path is absolute; it must be relative to the volume");
-    }
-    let elements: Vec<&str> = path.split('/').collect();
-    for element in &elements {
-        match *element {
-            ".." => return fail("the path contains '..'"),
-            "" | "." => return fail("the path is not clean (empty, '.' or trailing '/' element)"),
-            e if e.len() > MAX_ELEMENT_LEN => {
-                return fail("a path element is longer than 255 bytes");
-            }
-            _ => {}
-        }
-    }
-    if elements[0].starts_with("..") {
-        return fail("the first element starts with '..', which is reserved for the writer");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::redact::Secret;
+
+    fn validate(files: Vec<ProviderFile>) -> Result<Payload, PayloadError> {
+        Payload::validate(files, crate::limits::DEFAULT_VOLUME_BYTES)
+    }
 
     fn file(path: &str, mode: i32) -> ProviderFile {
         ProviderFile {
@@ -173,7 +165,7 @@ mod tests {
 
     #[test]
     fn accepts_clean_relative_paths_and_permission_bits() {
-        let payload = Payload::validate(vec![
+        let payload = validate(vec![
             file("foo", 0),
             file("nested/bar", 0o777),
             file("a.b..c", 0o644),
@@ -210,7 +202,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    Payload::validate(vec![file(bad, 0o644)]),
+                    validate(vec![file(bad, 0o644)]),
                     Err(PayloadError::Path { .. })
                 ),
                 "{bad:?}"
@@ -223,7 +215,7 @@ mod tests {
         for mode in [-1, 0o1000, 0o4755] {
             assert!(
                 matches!(
-                    Payload::validate(vec![file("a", mode)]),
+                    validate(vec![file("a", mode)]),
                     Err(PayloadError::Mode { .. })
                 ),
                 "{mode:o}"
@@ -233,17 +225,39 @@ mod tests {
 
     #[test]
     fn a_file_cannot_also_be_a_directory() {
-        let err = Payload::validate(vec![file("a", 0o644), file("a/b", 0o644)]).unwrap_err();
+        let err = validate(vec![file("a", 0o644), file("a/b", 0o644)]).unwrap_err();
         assert!(matches!(err, PayloadError::Conflict { .. }));
         // A sibling whose name merely starts with the file's name is fine.
-        assert!(Payload::validate(vec![file("a", 0o644), file("ab/c", 0o644)]).is_ok());
+        assert!(validate(vec![file("a", 0o644), file("ab/c", 0o644)]).is_ok());
     }
 
     #[test]
     fn duplicates_collapse_to_the_last() {
         let mut second = file("a", 0o600);
         second.contents = Secret::new(b"second".to_vec());
-        let payload = Payload::validate(vec![file("a", 0o644), second]).unwrap();
+        let payload = validate(vec![file("a", 0o644), second]).unwrap();
         assert_eq!(payload.get(Path::new("a")).unwrap().mode, 0o600);
+    }
+
+    #[test]
+    fn the_number_of_files_their_size_and_depth_are_bounded() {
+        let many: Vec<_> = (0..=MAX_FILES).map(|i| file(&format!("f{i}"), 0o644)).collect();
+        assert_eq!(
+            validate(many).unwrap_err(),
+            PayloadError::TooManyFiles {
+                count: MAX_FILES + 1
+            }
+        );
+        let mut big = file("big", 0o644);
+        big.contents = Secret::new(vec![0; 11]);
+        assert_eq!(
+            Payload::validate(vec![big, file("small", 0o644)], 11).unwrap_err(),
+            PayloadError::TooLarge { limit: 11 }
+        );
+        let deep = vec!["d"; 2000].join("/");
+        assert!(matches!(
+            validate(vec![file(&deep, 0o644)]),
+            Err(PayloadError::Path { .. })
+        ));
     }
 }

@@ -110,8 +110,10 @@ impl Driver {
         let socket = dir.path().join("csi/csi.sock");
         let provider_dir = dir.path().join("providers");
         let local_root = dir.path().join("local");
+        let kubelet_root = dir.path().join("kubelet");
         std::fs::create_dir_all(&provider_dir).unwrap();
         std::fs::create_dir_all(&local_root).unwrap();
+        std::fs::create_dir_all(&kubelet_root).unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -127,6 +129,7 @@ impl Driver {
             format!("--metrics-addr=127.0.0.1:{metrics_port}"),
             format!("--kubeconfig={}", kubeconfig.display()),
             format!("--local-provider-root={}", local_root.display()),
+            format!("--kubelet-root-dir={}", kubelet_root.display()),
             "-v=5".to_owned(),
         ]
         .into_iter()

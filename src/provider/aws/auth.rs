@@ -22,6 +22,7 @@ use super::NAME;
 use super::client::Endpoints;
 use super::cluster::Cluster;
 use super::config::{AddressType, VolumeConfig};
+use crate::limits::MAX_AGENT_ANSWER_BYTES;
 use crate::provider::shared_cache::SharedCache;
 use crate::provider::{ProviderError, TokenError, pod_token};
 use crate::redact::SecretString;
@@ -317,11 +318,10 @@ impl Auth {
                 .await
                 .map_err(|err| err.to_string())?;
             let status = response.status();
-            let body = response
-                .into_body()
+            let body = http_body_util::Limited::new(response.into_body(), MAX_AGENT_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|err| err.to_string())?
+                .map_err(|err| format!("reading the answer (at most {MAX_AGENT_ANSWER_BYTES} bytes): {err}"))?
                 .to_bytes();
             if !status.is_success() {
                 // The agent's error bodies are short JSON messages, never credentials.

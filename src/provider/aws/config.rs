@@ -6,9 +6,37 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
-use super::NAME;
+use super::{NAME, jmes};
 use crate::csi::request::{POD_NAME, POD_NAMESPACE, SERVICE_ACCOUNT};
-use crate::provider::{ProviderError, parse_go_bool};
+use crate::limits;
+use crate::provider::{ProviderError, parse_go_bool, yaml};
+
+/// The parameters this provider reads, which only the class may set (see
+/// [`crate::provider::Provider::class_parameters`]).
+pub const PARAMETERS: &[&str] = &[
+    "region",
+    "failoverRegion",
+    "pathTranslation",
+    "usePodIdentity",
+    "preferredAddressType",
+    "objects",
+];
+
+/// Checks a region name before it becomes part of an endpoint's host name.
+pub fn check_region(region: &str, field: &str) -> Result<(), ProviderError> {
+    let valid = !region.is_empty()
+        && region.len() <= 64
+        && region
+            .split('-')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{field} {region:?} is not an AWS region name such as us-east-1"
+        )))
+    }
+}
 
 /// Where an object lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -113,7 +141,11 @@ pub fn parse(
             .map(|v| v.trim())
             .filter(|v| !v.is_empty())
     };
+    check_region(region, "region")?;
     let failover_region = get("failoverRegion").map(str::to_owned);
+    if let Some(failover) = &failover_region {
+        check_region(failover, "failoverRegion")?;
+    }
     if failover_region.as_deref() == Some(region) {
         return Err(invalid(format!(
             "{region}: failover region cannot be the same as the primary region; \
@@ -213,7 +245,7 @@ fn parse_objects(
     regions: &Regions<'_>,
     translation: Option<char>,
 ) -> Result<Vec<Object>, ProviderError> {
-    let raw: Vec<Option<RawObject>> = serde_saphyr::from_str(text).map_err(|err| {
+    let raw: Vec<Option<RawObject>> = yaml::objects(text).map_err(|err| {
         invalid(format!(
             "Failed to load SecretProviderClass: objects is not a YAML list of \
              {{objectName, objectType, objectAlias, objectVersion, objectVersionLabel, \
@@ -265,6 +297,7 @@ fn parse_object(
         None => translate(&name, translation),
     };
     check_traversal(&file, "objectAlias")?;
+    check_file(&file, "objectAlias")?;
     let mode = permission(&raw.file_permission, "filePermission")?;
 
     let mut jmes = Vec::with_capacity(raw.jmes_path.len());
@@ -281,7 +314,10 @@ fn parse_object(
                 "jmesPath[{index}]: Object alias must be specified for JMES object {name} (path {path})"
             ));
         }
+        jmes::check(&path)
+            .map_err(|reason| format!("jmesPath[{index}].path: Invalid JMES Path: {reason}"))?;
         check_traversal(&alias, &format!("jmesPath[{index}].objectAlias"))?;
+        check_file(&alias, &format!("jmesPath[{index}].objectAlias"))?;
         let mode = permission(
             &entry.file_permission,
             &format!("jmesPath[{index}].filePermission"),
@@ -420,6 +456,12 @@ fn check_traversal(path: &str, field: &str) -> Result<(), String> {
         return Err(format!("{field}: path can not contain ../: {path}"));
     }
     Ok(())
+}
+
+/// The rules every file in a volume follows, checked here so a bad name is the class's
+/// error (InvalidArgument), named by its field.
+fn check_file(path: &str, field: &str) -> Result<(), String> {
+    limits::check_file_path(path).map_err(|why| format!("{field}: {path:?}: {why}"))
 }
 
 fn permission(text: &str, field: &str) -> Result<Option<u32>, String> {
@@ -617,10 +659,40 @@ mod tests {
     #[test]
     fn dots_inside_names_are_not_traversal() {
         parse_objects_text(
-            "- {objectName: x, objectType: secretsmanager, objectAlias: ..foo}\n\
+            "- {objectName: x, objectType: secretsmanager, objectAlias: a/..foo}\n\
              - {objectName: y, objectType: secretsmanager, objectAlias: foo..}",
         )
         .unwrap();
+        // Not traversal, but `..` starts the writer's own names (`..data`): refused as the
+        // upstream driver refuses it, here before any AWS call.
+        let message = error("- {objectName: x, objectType: secretsmanager, objectAlias: ..foo}");
+        assert!(!message.contains("path can not contain ../"), "{message}");
+        assert!(message.contains("reserved for the writer"), "{message}");
+    }
+
+    #[test]
+    fn hostile_names_regions_and_expressions_fail_before_any_call() {
+        let deep = vec!["d"; 2000].join("/");
+        let message = error(&format!(
+            "- {{objectName: x, objectType: secretsmanager, objectAlias: {deep}}}"
+        ));
+        assert!(message.contains("16 directories deep"), "{message}");
+        let nested = format!("{}a{}", "(".repeat(3000), ")".repeat(3000));
+        let message = error(&format!(
+            "- objectName: x\n  objectType: secretsmanager\n  jmesPath:\n    - path: '{nested}'\n      objectAlias: f\n"
+        ));
+        assert!(message.contains("jmesPath[0].path: Invalid JMES Path"), "{message}");
+        for region in ["evil.example.com#", "US-EAST-1", "", "a--b", &"a".repeat(65)] {
+            let parameters = BTreeMap::from([(
+                "objects".to_owned(),
+                "- {objectName: x, objectType: secretsmanager}".to_owned(),
+            )]);
+            assert!(parse(&parameters, region).is_err(), "{region:?}");
+        }
+        let many: String = (0..=crate::limits::MAX_FILES)
+            .map(|i| format!("- {{objectName: s{i}, objectType: secretsmanager}}\n"))
+            .collect();
+        assert!(error(&many).contains("at most 1000 objects"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! never quote the secret.
 
 use super::config::JmesEntry;
+use crate::limits::{MAX_JMES_LEN, MAX_JMES_OPERATORS};
 
 /// Why a field could not be extracted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,6 +48,39 @@ pub enum JmesError {
     },
 }
 
+/// Refuses an expression whose parse or evaluation could take more than a worker thread's
+/// stack: the parser and the interpreter recurse once per operator or bracket, so those are
+/// counted (outside quoted names and literals) before anything is compiled.
+pub fn check(path: &str) -> Result<(), String> {
+    if path.len() > MAX_JMES_LEN {
+        return Err(format!(
+            "the expression is {} bytes long; at most {MAX_JMES_LEN} are allowed",
+            path.len()
+        ));
+    }
+    let mut operators = 0usize;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in path.chars() {
+        match quote {
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if matches!(c, '"' | '\'' | '`') => quote = Some(c),
+            None if c.is_alphanumeric() || c == '_' || c.is_whitespace() => {}
+            None => operators += 1,
+        }
+    }
+    if operators > MAX_JMES_OPERATORS {
+        return Err(format!(
+            "the expression has {operators} operators and brackets; at most \
+             {MAX_JMES_OPERATORS} are allowed"
+        ));
+    }
+    Ok(())
+}
+
 /// The value of each entry, in order.
 pub fn extract(
     object: &str,
@@ -65,6 +99,10 @@ pub fn extract(
     entries
         .iter()
         .map(|entry| {
+            check(&entry.path).map_err(|reason| JmesError::BadPath {
+                path: entry.path.clone(),
+                reason,
+            })?;
             let expression = jmespath::compile(&entry.path).map_err(|err| JmesError::BadPath {
                 path: entry.path.clone(),
                 reason: err.reason.to_string(),
@@ -140,5 +178,33 @@ mod tests {
         for path in ["missing", "port", "a.["] {
             assert!(!err(path).to_string().contains("hunter2"));
         }
+    }
+
+    #[test]
+    fn deep_expressions_are_refused_before_they_are_compiled() {
+        for hostile in [
+            format!("{}a{}", "(".repeat(5000), ")".repeat(5000)),
+            "!".repeat(3000) + "a",
+            vec!["a"; 3000].join("."),
+            format!("a{}", "[0]".repeat(3000)),
+            "a.".repeat(70) + "b",
+        ] {
+            assert!(check(&hostile).is_err(), "{}", &hostile[..20]);
+            let err = extract("db", br#"{"a":"b"}"#, &[entry(&hostile)]).unwrap_err();
+            assert!(matches!(err, JmesError::BadPath { .. }), "{err}");
+        }
+        // Quoted names and literals are not operators; ordinary paths pass.
+        for fine in [
+            "username",
+            "\"db-host\"",
+            "credentials[0].password",
+            "`\"x.y.z\"`",
+            "a.b.c.d.e.f",
+        ] {
+            assert!(check(fine).is_ok(), "{fine}");
+        }
+        // A deep JSON literal inside the bounds is refused by the JSON parser's own limit.
+        let literal = format!("`{}1{}`", "[".repeat(200), "]".repeat(200));
+        assert!(extract("db", br#"{"a":"b"}"#, &[entry(&literal)]).is_err());
     }
 }

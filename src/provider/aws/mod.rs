@@ -30,6 +30,7 @@ use self::cluster::Cluster;
 use self::config::{Kind, Object, Read, VolumeConfig};
 use super::shared_cache::SharedCache;
 use super::{MountRequest, MountResponse, ObjectVersion, Provider, ProviderError, ProviderFile};
+use crate::limits::MAX_SHARED_READ_BYTES;
 use crate::redact::Secret;
 use crate::volume::{self, AtomicWriter};
 
@@ -89,7 +90,12 @@ impl AwsProvider {
             settings.cache_size,
         );
         Self {
-            reads: SharedCache::new(settings.cache_size),
+            reads: SharedCache::weighed(settings.cache_size, MAX_SHARED_READ_BYTES, |answers| {
+                answers
+                    .values()
+                    .map(|v| v.as_ref().map_or(0, |v| v.bytes.expose().len()))
+                    .sum()
+            }),
             clients: SharedCache::new(settings.cache_size),
             settings,
             cluster,
@@ -267,6 +273,10 @@ impl AwsProvider {
 
 #[async_trait]
 impl Provider for AwsProvider {
+    fn class_parameters(&self) -> &'static [&'static str] {
+        config::PARAMETERS
+    }
+
     async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
         let started = Instant::now();
         self.reads.drop_expired();

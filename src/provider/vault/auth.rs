@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::NAME;
 use super::client::{Call, Reply, Transport, TransportError};
 use super::config::{TlsConfig, VolumeConfig};
+use crate::limits::ByteBudget;
 use crate::provider::shared_cache::SharedCache;
 use crate::provider::{ProviderError, TokenError, pod_token};
 use crate::redact::{Secret, SecretString};
@@ -107,6 +108,7 @@ impl Auth {
         identity: &Identity,
         pod_tokens: Option<&SecretString>,
         deadline: Instant,
+        budget: &ByteBudget,
     ) -> Result<(SecretString, bool), ProviderError> {
         if let Credentials::Token(token) = &self.credentials {
             return Ok((token.clone(), true));
@@ -117,7 +119,7 @@ impl Auth {
         let (token, fetched) = self
             .tokens
             .get_or_fetch(identity, |stale| {
-                self.renew_or_login(config, &jwt, stale, deadline)
+                self.renew_or_login(config, &jwt, stale, deadline, budget)
             })
             .await?;
         Ok((token.token, fetched))
@@ -136,20 +138,21 @@ impl Auth {
         jwt: &SecretString,
         stale: Option<VaultToken>,
         deadline: Instant,
+        budget: &ByteBudget,
     ) -> Result<(VaultToken, Duration), ProviderError> {
         let still_valid = |t: &VaultToken| {
             t.expires_at
                 .is_some_and(|at| at > Instant::now() + Duration::from_secs(1))
         };
         if let Some(stale) = stale.filter(|t| t.renewable && still_valid(t)) {
-            match self.renew(config, &stale.token, deadline).await {
+            match self.renew(config, &stale.token, deadline, budget).await {
                 Ok(renewed) => return Ok(renewed),
                 Err(why) => {
                     tracing::debug!(error = %why, "vault token renewal failed, logging in again")
                 }
             }
         }
-        self.login(config, jwt, deadline).await
+        self.login(config, jwt, deadline, budget).await
     }
 
     async fn renew(
@@ -157,6 +160,7 @@ impl Auth {
         config: &VolumeConfig,
         token: &SecretString,
         deadline: Instant,
+        budget: &ByteBudget,
     ) -> Result<(VaultToken, Duration), String> {
         let call = Call {
             method: "POST",
@@ -168,7 +172,7 @@ impl Auth {
         };
         let reply = self
             .transport
-            .send(&config.tls, &call, deadline)
+            .send(&config.tls, &call, deadline, budget)
             .await
             .map_err(|err| err.to_string())?;
         if reply.status != 200 {
@@ -182,6 +186,7 @@ impl Auth {
         config: &VolumeConfig,
         jwt: &SecretString,
         deadline: Instant,
+        budget: &ByteBudget,
     ) -> Result<(VaultToken, Duration), ProviderError> {
         let role = config
             .role
@@ -206,7 +211,7 @@ impl Auth {
         };
         let reply = self
             .transport
-            .send(&config.tls, &call, deadline)
+            .send(&config.tls, &call, deadline, budget)
             .await
             .map_err(|err| {
                 transport_error(
@@ -358,6 +363,11 @@ pub fn transport_error(config: &VolumeConfig, doing: &str, err: TransportError) 
                  network policies between the node and Vault",
                 config.address
             ),
+        },
+        TransportError::TooLarge { limit } => ProviderError::ResponseTooLarge {
+            provider: NAME.to_owned(),
+            limit,
+            message: format!("Vault at {} answered more than that ({doing})", config.address),
         },
         TransportError::Timeout => ProviderError::BackendTimeout {
             provider: NAME.to_owned(),

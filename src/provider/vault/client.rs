@@ -1,9 +1,10 @@
-//! HTTP to Vault: one pooled client per TLS configuration, and retries with backoff for
-//! throttling, 5xx and connection failures, bounded by the mount's deadline.
+//! HTTP to Vault: pooled clients, one per TLS configuration (a bounded set, built on the
+//! blocking pool), and retries with backoff for throttling, 5xx and connection failures,
+//! bounded by the mount's deadline. Every answer's body counts against the mount's budget.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,18 +18,20 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use super::config::TlsConfig;
+use super::config::{TlsConfig, TlsFile, TlsPolicy};
+use crate::limits::{ByteBudget, MAX_CA_DIRECTORY_FILES, MAX_TLS_CLIENTS, MAX_TLS_FILE_BYTES};
+use crate::provider::shared_cache::SharedCache;
 use crate::redact::SecretString;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Largest Vault response read into memory.
-const MAX_RESPONSE_BYTES: usize = 8 << 20;
 /// Time to open a TCP connection before counting Vault as unreachable for this attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per call: backoff 0.1, 0.2, 0.4, 0.8 and 1.6 s between them, so an outage is
 /// reported within about 3 s instead of holding the mount until kubelet's deadline.
 const ATTEMPTS: u32 = 6;
+/// How long a client is kept: certificate files that change are read again after this.
+const CLIENT_TTL: Duration = Duration::from_secs(600);
 
 /// One Vault API call.
 #[derive(Debug)]
@@ -57,23 +60,21 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// Vault's `errors` list, which never holds secret values.
+    /// Vault's `errors` list, which never holds secret values, cut to a length fit for an
+    /// Event. Nothing else of the body is parsed.
     pub fn errors(&self) -> String {
-        let parsed: Option<serde_json::Value> = serde_json::from_slice(self.body.expose()).ok();
-        let errors: Vec<String> = parsed
-            .as_ref()
-            .and_then(|v| v.get("errors"))
-            .and_then(|e| e.as_array())
-            .map(|list| {
-                list.iter()
-                    .filter_map(|e| e.as_str().map(str::to_owned))
-                    .collect()
-            })
+        #[derive(serde::Deserialize)]
+        struct Errors {
+            #[serde(default)]
+            errors: Vec<String>,
+        }
+        let errors = serde_json::from_slice::<Errors>(self.body.expose())
+            .map(|e| e.errors)
             .unwrap_or_default();
         if errors.is_empty() {
             format!("HTTP {}", self.status)
         } else {
-            format!("HTTP {}: {}", self.status, errors.join("; "))
+            format!("HTTP {}: {}", self.status, super::read::bounded_join(&errors))
         }
     }
 }
@@ -94,12 +95,19 @@ pub enum TransportError {
     /// The deadline passed.
     #[error("no answer before the mount deadline")]
     Timeout,
+    /// Vault's answers for this volume were larger than its budget.
+    #[error("the answers for this volume were larger than {limit} bytes")]
+    TooLarge {
+        /// The volume's budget.
+        limit: usize,
+    },
 }
 
-/// Pooled HTTP clients, one per TLS configuration, reused by every mount.
-#[derive(Default)]
+/// Pooled HTTP clients, one per TLS configuration, reused by every mount. At most
+/// `MAX_TLS_CLIENTS` are kept; each is rebuilt after `CLIENT_TTL`.
 pub struct Transport {
-    clients: Mutex<HashMap<TlsConfig, HttpClient>>,
+    clients: SharedCache<TlsConfig, HttpClient>,
+    policy: Arc<TlsPolicy>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -108,41 +116,68 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+impl Default for Transport {
+    fn default() -> Self {
+        Self::new(TlsPolicy::default())
+    }
+}
+
 impl Transport {
-    fn client(&self, tls: &TlsConfig) -> Result<HttpClient, TransportError> {
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(client) = clients.get(tls) {
-            return Ok(client.clone());
+    /// A transport reading class TLS files only where `policy` allows.
+    pub fn new(policy: TlsPolicy) -> Self {
+        Self {
+            clients: SharedCache::new(MAX_TLS_CLIENTS),
+            policy: Arc::new(policy),
         }
-        let client = build_client(tls).map_err(TransportError::Tls)?;
-        clients.insert(tls.clone(), client.clone());
+    }
+
+    /// TLS configurations with a client kept, for tests.
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    async fn client(&self, tls: &TlsConfig) -> Result<HttpClient, TransportError> {
+        self.clients.drop_expired();
+        let (client, _) = self
+            .clients
+            .get_or_fetch(tls, |_| async {
+                // Reading certificate files and the system store is blocking work.
+                let (tls, policy) = (tls.clone(), self.policy.clone());
+                let built = tokio::task::spawn_blocking(move || build_client(&tls, &policy))
+                    .await
+                    .map_err(|join| TransportError::Tls(format!("TLS setup failed: {join}")))?
+                    .map_err(TransportError::Tls)?;
+                Ok::<_, TransportError>((built, CLIENT_TTL))
+            })
+            .await?;
         Ok(client)
     }
 
     /// Sends `call`, retrying connection failures, 429 and 5xx with exponential backoff while
-    /// the deadline allows; the last answer is returned whatever its status.
+    /// the deadline allows; the last answer is returned whatever its status. Every body read
+    /// is charged to `budget`.
     pub async fn send(
         &self,
         tls: &TlsConfig,
         call: &Call<'_>,
         deadline: Instant,
+        budget: &ByteBudget,
     ) -> Result<Reply, TransportError> {
-        let client = self.client(tls)?;
+        let client = self.client(tls).await?;
         let uri = format!("{}{}", call.address, call.path_and_query);
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
             let request = build_request(call, &uri)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let outcome = tokio::time::timeout(remaining, send_once(&client, request)).await;
+            let outcome =
+                tokio::time::timeout(remaining, send_once(&client, request, budget)).await;
             let retry_reason = match outcome {
                 Err(_) => return Err(TransportError::Timeout),
+                Ok(Err(Failed::TooLarge(limit))) => return Err(TransportError::TooLarge { limit }),
                 Ok(Ok(reply)) if !retriable(reply.status) => return Ok(reply),
                 Ok(Ok(reply)) => Attempt::Status(reply),
-                Ok(Err(message)) => Attempt::Failed(message),
+                Ok(Err(Failed::Transport(message))) => Attempt::Failed(message),
             };
             let next = Instant::now() + backoff;
             // Retry only if the wait and a fresh attempt still fit before the deadline.
@@ -176,6 +211,12 @@ impl Transport {
 enum Attempt {
     Status(Reply),
     Failed(String),
+}
+
+/// Why one attempt produced no answer.
+enum Failed {
+    Transport(String),
+    TooLarge(usize),
 }
 
 fn retriable(status: u16) -> bool {
@@ -217,27 +258,74 @@ fn build_request(call: &Call<'_>, uri: &str) -> Result<http::Request<Full<Bytes>
     })
 }
 
+/// One attempt: the body is read frame by frame and charged to `budget` as it arrives, so an
+/// answer that does not fit is dropped without being held (a declared length that does not
+/// fit fails before anything is read).
 async fn send_once(
     client: &HttpClient,
     request: http::Request<Full<Bytes>>,
-) -> Result<Reply, String> {
+    budget: &ByteBudget,
+) -> Result<Reply, Failed> {
     let response = client
         .request(request)
         .await
-        .map_err(|err| crate::csi::full_message(&err))?;
+        .map_err(|err| Failed::Transport(crate::csi::full_message(&err)))?;
     let status = response.status().as_u16();
-    let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-        .collect()
-        .await
-        .map_err(|err| format!("reading the response: {err}"))?
-        .to_bytes();
+    let declared = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = |e: crate::limits::Exhausted| Failed::TooLarge(e.limit);
+    let mut body = Vec::new();
+    if let Some(length) = declared {
+        budget.charge(length).map_err(too_large)?;
+        body.reserve_exact(length);
+    }
+    let mut stream = response.into_body();
+    let mut received = 0usize;
+    while let Some(frame) = stream.frame().await {
+        let frame = frame.map_err(|err| Failed::Transport(format!("reading the response: {err}")))?;
+        if let Some(data) = frame.data_ref() {
+            received += data.len();
+            match declared {
+                Some(length) if received > length => {
+                    return Err(Failed::Transport(
+                        "the response is longer than its Content-Length".to_owned(),
+                    ));
+                }
+                Some(_) => {}
+                None => budget.charge(data.len()).map_err(too_large)?,
+            }
+            body.extend_from_slice(data);
+        }
+    }
     Ok(Reply {
         status,
-        body: crate::redact::Secret::new(body),
+        body: crate::redact::Secret::new(Bytes::from(body)),
     })
 }
 
-fn build_client(tls: &TlsConfig) -> Result<HttpClient, String> {
+/// The system's CA store, read once per process (on the blocking pool).
+fn native_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "no system CA certificates found; set vaultCACertPath to reach Vault over TLS"
+                );
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+/// Builds one client; reads files, so it runs on the blocking pool.
+fn build_client(tls: &TlsConfig, policy: &TlsPolicy) -> Result<HttpClient, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -247,20 +335,21 @@ fn build_client(tls: &TlsConfig) -> Result<HttpClient, String> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
     } else {
-        builder.with_root_certificates(roots(tls)?)
+        builder.with_root_certificates(roots(tls, policy)?)
     };
     let config = match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(key)) => {
-            let certs = read_certs(cert, "vaultTLSClientCertPath")?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|err| {
+            let certs = read_certs(cert, "vaultTLSClientCertPath", policy)?;
+            let pem = read_tls_file(key, "vaultTLSClientKeyPath", policy)?;
+            let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
                 format!(
-                    "vaultTLSClientKeyPath {}: no PEM private key could be read: {err}",
-                    key.display()
+                    "vaultTLSClientKeyPath {}: no PEM private key could be read",
+                    key.path.display()
                 )
             })?;
             builder
                 .with_client_auth_cert(certs, key)
-                .map_err(|err| format!("client certificate and key do not match: {err}"))?
+                .map_err(|_| "the client certificate and key do not match".to_owned())?
         }
         _ => builder.with_no_client_auth(),
     };
@@ -287,65 +376,106 @@ fn build_client(tls: &TlsConfig) -> Result<HttpClient, String> {
         .build(connector))
 }
 
-fn roots(tls: &TlsConfig) -> Result<rustls::RootCertStore, String> {
+fn roots(tls: &TlsConfig, policy: &TlsPolicy) -> Result<Arc<rustls::RootCertStore>, String> {
+    if tls.ca_cert.is_none() && tls.ca_directory.is_none() {
+        return Ok(native_roots());
+    }
     let mut roots = rustls::RootCertStore::empty();
-    let mut custom = false;
     if let Some(file) = &tls.ca_cert {
-        for cert in read_certs(file, "vaultCACertPath")? {
-            roots
-                .add(cert)
-                .map_err(|err| format!("vaultCACertPath {}: {err}", file.display()))?;
+        for cert in read_certs(file, "vaultCACertPath", policy)? {
+            roots.add(cert).map_err(|_| {
+                format!(
+                    "vaultCACertPath {}: a certificate is not a usable CA",
+                    file.path.display()
+                )
+            })?;
         }
-        custom = true;
     }
     if let Some(dir) = &tls.ca_directory {
-        let entries = std::fs::read_dir(dir)
-            .map_err(|err| format!("vaultCADirectory {}: {err}", dir.display()))?;
+        let resolved = resolve(dir, "vaultCADirectory", policy)?;
+        let entries = std::fs::read_dir(&resolved)
+            .map_err(|err| format!("vaultCADirectory {}: {err}", dir.path.display()))?;
         let mut added = 0;
-        for entry in entries.flatten() {
-            // A directory may hold keys and other files: use what parses as certificates.
-            let certs = CertificateDer::pem_file_iter(entry.path())
-                .into_iter()
-                .flatten()
-                .flatten();
-            for cert in certs {
+        for entry in entries.flatten().take(MAX_CA_DIRECTORY_FILES) {
+            // A directory may hold keys and other files: use what parses as certificates, and
+            // only files the policy allows (a link may point anywhere).
+            let file = TlsFile {
+                path: entry.path(),
+                from_class: dir.from_class,
+            };
+            let Ok(pem) = read_tls_file(&file, "vaultCADirectory", policy) else {
+                continue;
+            };
+            for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
                 added += usize::from(roots.add(cert).is_ok());
             }
         }
         if added == 0 {
             return Err(format!(
                 "vaultCADirectory {}: no PEM CA certificate in the directory",
-                dir.display()
+                dir.path.display()
             ));
         }
-        custom = true;
     }
-    if !custom {
-        let native = rustls_native_certs::load_native_certs();
-        let (added, _) = roots.add_parsable_certificates(native.certs);
-        if added == 0 {
-            tracing::warn!(
-                "no system CA certificates found; set vaultCACertPath to reach Vault over TLS"
-            );
-        }
-    }
-    Ok(roots)
+    Ok(Arc::new(roots))
 }
 
-fn read_certs(path: &Path, parameter: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|err| format!("{parameter} {}: {err}", path.display()))?
+/// `file` with symlinks resolved, checked against `policy` again when a class named it.
+fn resolve(file: &TlsFile, parameter: &str, policy: &TlsPolicy) -> Result<PathBuf, String> {
+    if file.from_class {
+        // Refused without touching the filesystem: the message says nothing of what exists.
+        policy.check_inside(parameter, &file.path)?;
+    }
+    let resolved = file
+        .path
+        .canonicalize()
+        .map_err(|err| format!("{parameter} {}: {err}", file.path.display()))?;
+    if file.from_class {
+        policy.check_inside(parameter, &resolved)?;
+    }
+    Ok(resolved)
+}
+
+/// A TLS file's bytes, at most `MAX_TLS_FILE_BYTES`.
+fn read_tls_file(file: &TlsFile, parameter: &str, policy: &TlsPolicy) -> Result<Vec<u8>, String> {
+    let resolved = resolve(file, parameter, policy)?;
+    let name = file.path.display();
+    let opened = std::fs::File::open(&resolved).map_err(|err| format!("{parameter} {name}: {err}"))?;
+    let meta = opened
+        .metadata()
+        .map_err(|err| format!("{parameter} {name}: {err}"))?;
+    if !meta.is_file() || meta.len() > MAX_TLS_FILE_BYTES {
+        return Err(format!(
+            "{parameter} {name}: not a regular file of at most {MAX_TLS_FILE_BYTES} bytes"
+        ));
+    }
+    let mut bytes = Vec::new();
+    opened
+        .take(MAX_TLS_FILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|err| format!("{parameter} {name}: {err}"))?;
+    Ok(bytes)
+}
+
+/// The certificates of a PEM file. Parse errors are not quoted: they may echo the file.
+fn read_certs(
+    file: &TlsFile,
+    parameter: &str,
+    policy: &TlsPolicy,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read_tls_file(file, parameter, policy)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|err| {
+        .map_err(|_| {
             format!(
-                "{parameter} {}: not a PEM certificate: {err}",
-                path.display()
+                "{parameter} {}: not a PEM certificate file",
+                file.path.display()
             )
         })?;
     if certs.is_empty() {
         return Err(format!(
             "{parameter} {}: no PEM certificate in the file",
-            path.display()
+            file.path.display()
         ));
     }
     Ok(certs)

@@ -2,13 +2,32 @@
 //! malformed value fails before any network call, naming the object and field.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
 use super::NAME;
 use crate::csi::request::{POD_NAME, POD_NAMESPACE, POD_UID, SERVICE_ACCOUNT};
-use crate::provider::{ProviderError, parse_go_bool};
+use crate::limits;
+use crate::provider::{ProviderError, parse_go_bool, yaml};
+
+/// The parameters this provider reads, which only the class may set (see
+/// [`crate::provider::Provider::class_parameters`]).
+pub const PARAMETERS: &[&str] = &[
+    "roleName",
+    "vaultAddress",
+    "vaultNamespace",
+    "vaultKubernetesMountPath",
+    "vaultAuthMountPath",
+    "audience",
+    "vaultCACertPath",
+    "vaultCADirectory",
+    "vaultTLSServerName",
+    "vaultSkipTLSVerify",
+    "vaultTLSClientCertPath",
+    "vaultTLSClientKeyPath",
+    "objects",
+];
 
 /// Defaults for what a SecretProviderClass leaves out (flags, then `VAULT_*` environment).
 #[derive(Debug, Clone)]
@@ -21,6 +40,8 @@ pub struct Defaults {
     pub namespace: Option<String>,
     /// TLS settings that SPC parameters override one by one.
     pub tls: TlsConfig,
+    /// Where the TLS files a class names may be.
+    pub tls_policy: TlsPolicy,
 }
 
 impl Default for Defaults {
@@ -30,6 +51,7 @@ impl Default for Defaults {
             auth_mount: "kubernetes".to_owned(),
             namespace: None,
             tls: TlsConfig::default(),
+            tls_policy: TlsPolicy::default(),
         }
     }
 }
@@ -38,17 +60,96 @@ impl Default for Defaults {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct TlsConfig {
     /// PEM bundle of CAs to trust instead of the system roots.
-    pub ca_cert: Option<PathBuf>,
+    pub ca_cert: Option<TlsFile>,
     /// Directory of PEM CAs to trust instead of the system roots.
-    pub ca_directory: Option<PathBuf>,
+    pub ca_directory: Option<TlsFile>,
     /// Name to verify the server certificate against (and send as SNI).
     pub server_name: Option<String>,
     /// Accept any server certificate. For tests only.
     pub skip_verify: bool,
     /// Client certificate (PEM) for mutual TLS.
-    pub client_cert: Option<PathBuf>,
+    pub client_cert: Option<TlsFile>,
     /// Client key (PEM) for mutual TLS.
-    pub client_key: Option<PathBuf>,
+    pub client_key: Option<TlsFile>,
+}
+
+/// A TLS file or directory, and whether a class named it (then the policy applies) or the
+/// operator did (a flag).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsFile {
+    /// The path.
+    pub path: PathBuf,
+    /// Named by a SecretProviderClass.
+    pub from_class: bool,
+}
+
+impl TlsFile {
+    /// A path the operator configured.
+    pub fn operator(path: PathBuf) -> Self {
+        Self {
+            path,
+            from_class: false,
+        }
+    }
+}
+
+/// Where the TLS files a class names may be. The driver reads them as root, so on a node
+/// they must be in directories the operator chose, and never below kubelet's root, where
+/// other pods' volumes are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsPolicy {
+    /// Directories a class's TLS files must be in (canonical); `None` allows any path (the
+    /// `mount` command, run by the class's own author).
+    pub allowed_dirs: Option<Vec<PathBuf>>,
+    /// Directories never read for a class, whatever is allowed (canonical and as given).
+    pub forbidden_dirs: Vec<PathBuf>,
+}
+
+impl TlsPolicy {
+    /// Checks a class's path before anything is read, so a refusal tells nothing about what
+    /// exists outside the allowed directories.
+    pub fn check_class_path(&self, parameter: &str, path: &str) -> Result<TlsFile, String> {
+        let path = Path::new(path);
+        let clean = path.is_absolute()
+            && path
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !clean {
+            return Err(format!(
+                "{parameter} {path:?} must be an absolute path without '.' or '..' elements"
+            ));
+        }
+        self.check_inside(parameter, path)?;
+        Ok(TlsFile {
+            path: path.to_owned(),
+            from_class: true,
+        })
+    }
+
+    /// Whether `path` (as named, or resolved) is somewhere a class may read.
+    pub fn check_inside(&self, parameter: &str, path: &Path) -> Result<(), String> {
+        let forbidden = self.forbidden_dirs.iter().any(|dir| path.starts_with(dir));
+        let allowed = match &self.allowed_dirs {
+            None => true,
+            Some(dirs) => dirs.iter().any(|dir| path.starts_with(dir)),
+        };
+        if allowed && !forbidden {
+            return Ok(());
+        }
+        let dirs = match &self.allowed_dirs {
+            Some(dirs) if !dirs.is_empty() => dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => "none".to_owned(),
+        };
+        Err(format!(
+            "{parameter} {path:?} is not in a directory the driver allows classes to name \
+             (allowed: {dirs}); the cluster operator mounts TLS files into the driver and lists \
+             their directories in --vault-tls-allowed-dirs (Helm value vault.tls.allowedDirs)"
+        ))
+    }
 }
 
 /// The pod a volume belongs to, as kubelet reported it.
@@ -205,20 +306,26 @@ pub fn parse(
     }
 
     let mut tls = defaults.tls.clone();
-    if let Some(path) = get("vaultCACertPath") {
-        tls.ca_cert = Some(PathBuf::from(path));
+    let class_file = |parameter: &str| {
+        get(parameter)
+            .map(|path| defaults.tls_policy.check_class_path(parameter, path))
+            .transpose()
+            .map_err(invalid)
+    };
+    if let Some(file) = class_file("vaultCACertPath")? {
+        tls.ca_cert = Some(file);
     }
-    if let Some(path) = get("vaultCADirectory") {
-        tls.ca_directory = Some(PathBuf::from(path));
+    if let Some(file) = class_file("vaultCADirectory")? {
+        tls.ca_directory = Some(file);
     }
     if let Some(name) = get("vaultTLSServerName") {
         tls.server_name = Some(name.to_owned());
     }
-    if let Some(path) = get("vaultTLSClientCertPath") {
-        tls.client_cert = Some(PathBuf::from(path));
+    if let Some(file) = class_file("vaultTLSClientCertPath")? {
+        tls.client_cert = Some(file);
     }
-    if let Some(path) = get("vaultTLSClientKeyPath") {
-        tls.client_key = Some(PathBuf::from(path));
+    if let Some(file) = class_file("vaultTLSClientKeyPath")? {
+        tls.client_key = Some(file);
     }
     if tls.client_cert.is_some() != tls.client_key.is_some() {
         return Err(invalid(
@@ -262,7 +369,7 @@ pub fn parse(
 }
 
 fn parse_objects(text: &str) -> Result<Vec<ObjectConfig>, ProviderError> {
-    let raw: Vec<RawObject> = serde_saphyr::from_str(text).map_err(|err| {
+    let raw: Vec<RawObject> = yaml::objects(text).map_err(|err| {
         invalid(format!(
             "objects is not a YAML list of {{objectName, secretPath, secretKey, method, secretArgs, encoding, filePermission}}: {err}"
         ))
@@ -300,6 +407,8 @@ fn parse_object(index: usize, raw: RawObject) -> Result<ObjectConfig, ProviderEr
         .filter(|n| !n.is_empty())
         .ok_or_else(|| invalid(format!("objects[{index}]: objectName is required")))?;
     let field = |field: &str, why: String| invalid(format!("object {name:?}: {field}: {why}"));
+    limits::check_file_path(&name)
+        .map_err(|why| invalid(format!("objects[{index}]: objectName {name:?}: {why}")))?;
 
     let secret_path = raw
         .secret_path
@@ -536,6 +645,7 @@ mod tests {
                 skip_verify: true,
                 ..TlsConfig::default()
             },
+            tls_policy: TlsPolicy::default(),
         };
         let config = parse(&params(&[("objects", ONE)]), &defaults).unwrap();
         assert_eq!(config.address, "http://127.0.0.1:8200");
@@ -652,5 +762,70 @@ mod tests {
             assert_eq!(normalize_path(path).unwrap(), "/v1/secret/foo");
         }
         assert!(normalize_path("/v1/").is_err());
+    }
+
+    #[test]
+    fn class_tls_files_must_be_in_an_allowed_directory_and_never_below_kubelet() {
+        let defaults = Defaults {
+            tls_policy: TlsPolicy {
+                allowed_dirs: Some(vec![PathBuf::from("/etc/vault-tls")]),
+                forbidden_dirs: vec![PathBuf::from("/var/lib/kubelet")],
+            },
+            ..Defaults::default()
+        };
+        let with = |parameter: &str, path: &str| {
+            parse(
+                &params(&[("objects", ONE), (parameter, path)]),
+                &defaults,
+            )
+        };
+        let ok = with("vaultCACertPath", "/etc/vault-tls/ca.pem").unwrap();
+        assert_eq!(
+            ok.tls.ca_cert,
+            Some(TlsFile {
+                path: PathBuf::from("/etc/vault-tls/ca.pem"),
+                from_class: true
+            })
+        );
+        let other_pod = "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount/tls.key";
+        for parameter in [
+            "vaultCACertPath",
+            "vaultCADirectory",
+            "vaultTLSClientCertPath",
+            "vaultTLSClientKeyPath",
+        ] {
+            for path in [other_pod, "/etc/shadow", "/nonexistent/x", "/etc/vault-tls/../x"] {
+                let message = with(parameter, path).unwrap_err().to_string();
+                assert!(message.contains(parameter), "{message}");
+                assert!(!message.contains("No such file"), "{message}");
+            }
+        }
+        // The same refusal for a file that exists and one that does not.
+        let exists = with("vaultCACertPath", "/etc/hostname").unwrap_err().to_string();
+        let missing = with("vaultCACertPath", "/etc/no-such-file").unwrap_err().to_string();
+        assert_eq!(
+            exists.replace("/etc/hostname", "X"),
+            missing.replace("/etc/no-such-file", "X")
+        );
+        // Allowing the kubelet root itself still never reaches pods' volumes.
+        let mut open = defaults.clone();
+        open.tls_policy.allowed_dirs = Some(vec![PathBuf::from("/var/lib")]);
+        assert!(
+            parse(
+                &params(&[("objects", ONE), ("vaultTLSClientKeyPath", other_pod)]),
+                &open
+            )
+            .is_err()
+        );
+        assert!(with("vaultCACertPath", "relative/ca.pem").is_err());
+    }
+
+    #[test]
+    fn object_names_are_file_paths_a_volume_can_hold() {
+        let deep = vec!["d"; 2000].join("/");
+        let objects = format!("- objectName: {deep}\n  secretPath: secret/data/a\n");
+        let message = error(&[("objects", &objects)]);
+        assert!(message.contains("objects[0]: objectName"), "{message}");
+        assert!(message.contains("16 directories deep"), "{message}");
     }
 }

@@ -18,15 +18,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
-use serde_json::Value;
 
 use self::auth::{Auth, Credentials, Identity};
 use self::client::{Call, Transport};
 use self::config::{Defaults, ReadRequest, VolumeConfig};
-use self::read::ReadFailure;
+use self::read::{ReadFailure, Response};
 use super::shared_cache::SharedCache;
 use super::version_key::VersionKey;
 use super::{MountRequest, MountResponse, ObjectVersion, Provider, ProviderError, ProviderFile};
+use crate::limits::{ByteBudget, MAX_SHARED_READ_BYTES};
 use crate::redact::{Secret, SecretString};
 
 /// The provider name in a SecretProviderClass.
@@ -58,13 +58,10 @@ pub struct VaultProvider {
     settings: Settings,
     transport: Arc<Transport>,
     auth: Auth,
-    reads: SharedCache<(Identity, ReadRequest), Response>,
+    reads: SharedCache<(Identity, ReadRequest), Arc<Response>>,
 }
 
-/// A Vault response; it holds secret values, so it is only reachable through `expose`.
-type Response = Arc<Secret<Value>>;
-
-type Fetched = Result<Response, ReadFailure>;
+type Fetched = Result<Arc<Response>, ReadFailure>;
 
 /// One mount's session with Vault.
 struct Login<'a> {
@@ -76,19 +73,21 @@ struct Login<'a> {
     /// Obtained by this mount, so a 403 with it is final.
     fresh: bool,
     deadline: Instant,
+    /// What this mount may still read from Vault.
+    budget: &'a ByteBudget,
 }
 
 impl VaultProvider {
     /// A provider with its own HTTP clients and caches.
     pub fn new(settings: Settings) -> Self {
-        let transport = Arc::new(Transport::default());
+        let transport = Arc::new(Transport::new(settings.defaults.tls_policy.clone()));
         let auth = Auth::new(
             settings.credentials.clone(),
             transport.clone(),
             settings.cache_size,
         );
         Self {
-            reads: SharedCache::new(settings.cache_size),
+            reads: SharedCache::weighed(settings.cache_size, MAX_SHARED_READ_BYTES, |r| r.len()),
             settings,
             transport,
             auth,
@@ -105,10 +104,10 @@ impl VaultProvider {
         self.reads
             .get_or_fetch(&key, |_| async {
                 let response = self.send_read(login, request).await?;
-                let fresh_for = if read::shareable(response.expose()) {
-                    ttl
-                } else {
+                let fresh_for = if response.leased {
                     Duration::ZERO
+                } else {
+                    ttl
                 };
                 Ok((response, fresh_for))
             })
@@ -134,7 +133,7 @@ impl VaultProvider {
             };
             let reply = self
                 .transport
-                .send(&config.tls, &call, deadline)
+                .send(&config.tls, &call, deadline, login.budget)
                 .await
                 .map_err(|err| {
                     ReadFailure::Other(Arc::new(auth::transport_error(
@@ -148,30 +147,41 @@ impl VaultProvider {
                 self.auth.refused(&login.identity, &token).await;
                 (token, _) = self
                     .auth
-                    .token(config, &login.identity, login.pod_tokens, deadline)
+                    .token(
+                        config,
+                        &login.identity,
+                        login.pod_tokens,
+                        deadline,
+                        login.budget,
+                    )
                     .await
                     .map_err(|err| ReadFailure::Other(Arc::new(err)))?;
                 // Retry once: a refusal of the replacement token is final.
                 fresh = true;
                 continue;
             }
-            return read::classify(&reply).map(|response| Arc::new(Secret::new(response)));
+            return read::classify(reply).map(Arc::new);
         }
     }
 }
 
 #[async_trait]
 impl Provider for VaultProvider {
+    fn class_parameters(&self) -> &'static [&'static str] {
+        config::PARAMETERS
+    }
+
     async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
         let started = Instant::now();
         self.reads.drop_expired();
         let deadline = started + request.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let budget = ByteBudget::new(request.max_bytes);
         let config = config::parse(&request.parameters, &self.settings.defaults)?;
         let pod_tokens = request.service_account_tokens.as_ref();
         let identity = Identity::of(&config);
         let (token, fresh) = self
             .auth
-            .token(&config, &identity, pod_tokens, deadline)
+            .token(&config, &identity, pod_tokens, deadline, &budget)
             .await?;
 
         let distinct: BTreeSet<ReadRequest> =
@@ -183,6 +193,7 @@ impl Provider for VaultProvider {
             token,
             fresh,
             deadline,
+            budget: &budget,
         };
         let login = &login;
         let results: BTreeMap<ReadRequest, Fetched> = futures::stream::iter(distinct)
@@ -202,7 +213,7 @@ impl Provider for VaultProvider {
                 Ok(response) => response,
                 Err(failure) => return Err(failure.for_object(object, &config.address, role)),
             };
-            let contents = read::contents(object, response.expose())?;
+            let contents = read::contents(object, response)?;
             let settings = format!(
                 "{}\0{}\0{}\0{}\0{:?}\0{:?}",
                 object.request.method,

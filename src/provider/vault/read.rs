@@ -2,13 +2,16 @@
 //! raw strings versus JSON values, `encoding`, or the whole response envelope.
 
 use base64::Engine as _;
-use serde::Serialize;
-use serde_json::Value;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::{Deserializer as _, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use super::NAME;
 use super::client::Reply;
 use super::config::{Encoding, ObjectConfig};
 use crate::provider::ProviderError;
+use crate::redact::Secret;
 
 /// Why a read produced no usable response; turned into a `ProviderError` naming the first
 /// object that needed it.
@@ -113,9 +116,51 @@ fn clone_error(err: &ProviderError, object: &str) -> ProviderError {
     }
 }
 
-/// Classifies an HTTP answer; `Ok` holds the parsed response. Vault's error list is only
-/// extracted from failed answers.
-pub fn classify(reply: &Reply) -> Result<Value, ReadFailure> {
+/// A successful Vault answer as received. Only its bytes are kept, never a parsed tree (which
+/// takes many times the size of the text), and they may hold secrets.
+#[derive(Debug, Clone)]
+pub struct Response {
+    body: Secret<Bytes>,
+    /// A dynamic secret (with a lease) is each pod's own and never shared.
+    pub leased: bool,
+}
+
+impl Response {
+    /// The answer's size in bytes.
+    pub fn len(&self) -> usize {
+        self.body.expose().len()
+    }
+
+    /// Whether the answer is empty (never, for a classified one).
+    pub fn is_empty(&self) -> bool {
+        self.body.expose().is_empty()
+    }
+}
+
+/// The top level of a Vault answer, borrowing each field's JSON text.
+#[derive(Deserialize)]
+struct Top<'a> {
+    #[serde(borrow, default)]
+    request_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    lease_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    lease_duration: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    renewable: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    warnings: Option<&'a RawValue>,
+}
+
+fn top(body: &[u8]) -> Result<Top<'_>, ReadFailure> {
+    serde_json::from_slice(body).map_err(|_| ReadFailure::Malformed)
+}
+
+/// Classifies an HTTP answer; `Ok` holds the answer. Vault's error list is only extracted
+/// from failed answers.
+pub fn classify(reply: Reply) -> Result<Response, ReadFailure> {
     match reply.status {
         200 | 204 => {}
         403 => return Err(ReadFailure::Denied(reply.errors())),
@@ -126,88 +171,165 @@ pub fn classify(reply: &Reply) -> Result<Value, ReadFailure> {
         400..=499 => return Err(ReadFailure::Rejected(reply.errors())),
         _ => return Err(ReadFailure::Failing(reply.errors())),
     }
-    let body = reply.body.expose();
-    if body.is_empty() {
+    let body = reply.body;
+    if body.expose().is_empty() {
         return Err(ReadFailure::Empty(String::new()));
     }
-    let value: Value = serde_json::from_slice(body).map_err(|_| ReadFailure::Malformed)?;
-    if value.get("data").is_none_or(Value::is_null) {
-        let warnings = value
-            .get("warnings")
-            .and_then(Value::as_array)
-            .map(|w| {
-                w.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
+    let parsed = top(body.expose())?;
+    if parsed.data.is_none_or(|d| d.get() == "null") {
+        let warnings: Vec<String> = parsed
+            .warnings
+            .and_then(|w| serde_json::from_str(w.get()).ok())
             .unwrap_or_default();
-        return Err(ReadFailure::Empty(warnings));
+        return Err(ReadFailure::Empty(bounded_join(&warnings)));
     }
-    Ok(value)
+    let leased = parsed
+        .lease_id
+        .and_then(|id| serde_json::from_str::<Option<String>>(id.get()).ok().flatten())
+        .is_some_and(|id| !id.is_empty());
+    Ok(Response {
+        body: Secret::new(body.into_inner()),
+        leased,
+    })
 }
 
-/// Whether a response may be shared with other pods of the same identity: a dynamic secret
-/// (with a lease) is each pod's own.
-pub fn shareable(response: &Value) -> bool {
-    response
-        .get("lease_id")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
+/// Messages quoted from Vault, joined and cut to a length fit for an Event.
+pub fn bounded_join(parts: &[String]) -> String {
+    let mut joined = parts.join("; ");
+    if joined.len() > 512 {
+        let mut end = 512;
+        while !joined.is_char_boundary(end) {
+            end -= 1;
+        }
+        joined.truncate(end);
+        joined.push_str("...");
+    }
+    joined
 }
 
-/// The envelope upstream writes when `secretKey` is empty, in its field order.
-#[derive(Serialize)]
-struct Envelope<'a> {
-    request_id: &'a Value,
-    lease_id: &'a Value,
-    lease_duration: &'a Value,
-    renewable: &'a Value,
-    data: &'a Value,
-    warnings: &'a Value,
-}
-
-/// The file contents of `object` from its response.
-pub fn contents(object: &ObjectConfig, response: &Value) -> Result<Vec<u8>, ProviderError> {
-    let Some(key) = &object.secret_key else {
-        let field = |name: &str| response.get(name).unwrap_or(&Value::Null);
-        let envelope = Envelope {
-            request_id: field("request_id"),
-            lease_id: field("lease_id"),
-            lease_duration: field("lease_duration"),
-            renewable: field("renewable"),
-            data: field("data"),
-            warnings: field("warnings"),
-        };
-        // Serializing JSON values cannot fail.
-        return Ok(serde_json::to_vec(&envelope).unwrap_or_default());
+/// The file contents of `object` from its answer.
+pub fn contents(object: &ObjectConfig, response: &Response) -> Result<Vec<u8>, ProviderError> {
+    let malformed = || ProviderError::Backend {
+        provider: NAME.to_owned(),
+        message: format!(
+            "couldn't read secret {:?}: the answer for {} is not Vault JSON",
+            object.name,
+            object.request.path_and_query()
+        ),
     };
-    let data = &response["data"];
+    let parsed = top(response.body.expose()).map_err(|_| malformed())?;
+    let Some(key) = &object.secret_key else {
+        // The envelope upstream writes when `secretKey` is empty, in its field order.
+        let mut out = Vec::with_capacity(response.len());
+        for (i, (name, value)) in [
+            ("request_id", parsed.request_id),
+            ("lease_id", parsed.lease_id),
+            ("lease_duration", parsed.lease_duration),
+            ("renewable", parsed.renewable),
+            ("data", parsed.data),
+            ("warnings", parsed.warnings),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.push(if i == 0 { b'{' } else { b',' });
+            out.extend_from_slice(format!("\"{name}\":").as_bytes());
+            match value {
+                Some(raw) => minify(raw.get(), &mut out),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.push(b'}');
+        return Ok(out);
+    };
+    let data = parsed.data.ok_or_else(malformed)?;
     // KV v2 nests the secret under data.data.
-    let data = match data.get("data") {
-        Some(inner) if inner.is_object() => inner,
+    let data = match find(data, "data") {
+        Some(Found {
+            value: Some(inner),
+            ..
+        }) if inner.get().starts_with('{') => inner,
         _ => data,
     };
-    let value = data.get(key).ok_or_else(|| {
-        let available = data
-            .as_object()
-            .map(|map| map.keys().cloned().collect::<Vec<_>>().join(", "))
-            .unwrap_or_default();
-        ProviderError::ObjectNotFound {
-            provider: NAME.to_owned(),
-            message: format!(
-                "couldn't read secret {:?}: key {key:?} does not exist at the secret path {} \
-                 (keys there: {available}); check secretKey",
-                object.name,
-                object.request.path_and_query()
-            ),
-        }
+    let found = find(data, key).unwrap_or_default();
+    let value = found.value.ok_or_else(|| ProviderError::ObjectNotFound {
+        provider: NAME.to_owned(),
+        message: format!(
+            "couldn't read secret {:?}: key {key:?} does not exist at the secret path {} \
+             (keys there: {}); check secretKey",
+            object.name,
+            object.request.path_and_query(),
+            found.others.join(", ")
+        ),
     })?;
-    let raw = match value {
-        Value::String(text) => text.clone().into_bytes(),
-        other => serde_json::to_vec(other).unwrap_or_default(),
+    let raw = if value.get().starts_with('"') {
+        serde_json::from_str::<String>(value.get())
+            .map_err(|_| malformed())?
+            .into_bytes()
+    } else {
+        let mut out = Vec::with_capacity(value.get().len());
+        minify(value.get(), &mut out);
+        out
     };
     decode(object, key, raw)
+}
+
+/// Keys listed when `secretKey` is not found, so the message stays short.
+const LISTED_KEYS: usize = 32;
+
+/// A key looked up in a JSON object, with some of the other keys.
+#[derive(Default)]
+struct Found<'a> {
+    value: Option<&'a RawValue>,
+    others: Vec<String>,
+}
+
+/// Looks `key` up in the JSON object `object` without building the object: each entry is
+/// skipped over, so the cost is one pass and no memory the size of the object. `None` when
+/// `object` is not an object.
+fn find<'a>(object: &'a RawValue, key: &str) -> Option<Found<'a>> {
+    struct Lookup<'k>(&'k str);
+    impl<'de> Visitor<'de> for Lookup<'_> {
+        type Value = Found<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = Found::default();
+            while let Some(name) = map.next_key::<String>()? {
+                let value: &'de RawValue = map.next_value()?;
+                if name == self.0 {
+                    found.value = Some(value);
+                } else if found.others.len() < LISTED_KEYS {
+                    found.others.push(name);
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(object.get());
+    deserializer.deserialize_map(Lookup(key)).ok()
+}
+
+/// Appends `json` without the whitespace between tokens: Vault's own compact form, so files
+/// hold the JSON as Vault encoded it (key order, numbers and escapes kept).
+fn minify(json: &str, out: &mut Vec<u8>) {
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        if in_string {
+            out.push(byte);
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(byte, b' ' | b'\n' | b'\r' | b'\t') {
+            in_string = byte == b'"';
+            out.push(byte);
+        }
+    }
 }
 
 fn decode(object: &ObjectConfig, key: &str, raw: Vec<u8>) -> Result<Vec<u8>, ProviderError> {
@@ -241,8 +363,6 @@ fn hex_decode(text: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
     use crate::provider::vault::config::ReadRequest;
 
@@ -261,27 +381,33 @@ mod tests {
         }
     }
 
-    fn reply(status: u16, body: &'static [u8]) -> Reply {
+    fn reply(status: u16, body: &[u8]) -> Reply {
         Reply {
             status,
-            body: crate::redact::Secret::new(bytes::Bytes::from_static(body)),
+            body: Secret::new(Bytes::copy_from_slice(body)),
         }
     }
 
-    fn text(object: &ObjectConfig, response: &Value) -> String {
+    fn response(body: &str) -> Response {
+        classify(reply(200, body.as_bytes())).unwrap()
+    }
+
+    fn text(object: &ObjectConfig, response: &Response) -> String {
         String::from_utf8(contents(object, response).unwrap()).unwrap()
     }
 
     #[test]
-    fn keys_come_from_kv2_data_data_and_non_strings_are_json() {
-        let kv2 = json!({"data": {"data": {"s": "plain", "n": 10, "o": {"b": "hop", "a": [6, "x", true]}}, "metadata": {"version": 3}}});
+    fn keys_come_from_kv2_data_data_and_non_strings_are_vaults_json() {
+        let kv2 = response(
+            r#"{"data": {"data": {"s": "plain", "n": 10, "o": {"a": [6, "x", true], "b": "h\u003cp"}}, "metadata": {"version": 3}}}"#,
+        );
         assert_eq!(text(&object(Some("s"), Encoding::Utf8), &kv2), "plain");
         assert_eq!(text(&object(Some("n"), Encoding::Utf8), &kv2), "10");
         assert_eq!(
             text(&object(Some("o"), Encoding::Utf8), &kv2),
-            r#"{"a":[6,"x",true],"b":"hop"}"#
+            r#"{"a":[6,"x",true],"b":"h\u003cp"}"#
         );
-        let kv1 = json!({"data": {"s": "v1"}});
+        let kv1 = response(r#"{"data": {"s": "v1"}}"#);
         assert_eq!(text(&object(Some("s"), Encoding::Utf8), &kv1), "v1");
         let err = contents(&object(Some("missing"), Encoding::Utf8), &kv2).unwrap_err();
         assert_eq!(err.grpc_code(), tonic::Code::NotFound);
@@ -290,13 +416,14 @@ mod tests {
             message.contains("key \"missing\" does not exist"),
             "{message}"
         );
-        assert!(message.contains("keys there: n, o, s"), "{message}");
+        assert!(message.contains("keys there: s, n, o"), "{message}");
         assert!(!message.contains("plain"), "{message}");
     }
 
     #[test]
     fn encodings_decode_and_bad_values_are_not_echoed() {
-        let response = json!({"data": {"b": "aGVsbG8=", "h": "68656C6c6f", "bad": "%%secret%%"}});
+        let response =
+            response(r#"{"data": {"b": "aGVsbG8=", "h": "68656C6c6f", "bad": "%%secret%%"}}"#);
         assert_eq!(
             text(&object(Some("b"), Encoding::Base64), &response),
             "hello"
@@ -311,45 +438,65 @@ mod tests {
 
     #[test]
     fn without_a_key_the_whole_envelope_is_written_in_upstream_order() {
-        let response = json!({"request_id": "r", "lease_id": "", "lease_duration": 0, "renewable": false, "data": {"k": "v"}, "warnings": null, "auth": null, "mount_type": "kv"});
+        let response = response(
+            r#"{"request_id": "r", "lease_id": "", "lease_duration": 0, "renewable": false,
+                "data": {"k": "v w", "n": 1.50}, "warnings": null, "auth": null, "mount_type": "kv"}"#,
+        );
         assert_eq!(
             text(&object(None, Encoding::Base64), &response),
-            r#"{"request_id":"r","lease_id":"","lease_duration":0,"renewable":false,"data":{"k":"v"},"warnings":null}"#
+            r#"{"request_id":"r","lease_id":"","lease_duration":0,"renewable":false,"data":{"k":"v w","n":1.50},"warnings":null}"#
         );
     }
 
     #[test]
     fn answers_are_classified() {
         assert!(matches!(
-            classify(&reply(403, b"")),
+            classify(reply(403, b"")),
             Err(ReadFailure::Denied(_))
         ));
         assert!(matches!(
-            classify(&reply(404, b"")),
+            classify(reply(404, b"")),
             Err(ReadFailure::NotFound(_))
         ));
         assert!(matches!(
-            classify(&reply(400, b"")),
+            classify(reply(400, b"")),
             Err(ReadFailure::Rejected(_))
         ));
         assert!(matches!(
-            classify(&reply(503, b"")),
+            classify(reply(503, b"")),
             Err(ReadFailure::Failing(_))
         ));
         assert!(matches!(
-            classify(&reply(200, b"<html>")),
+            classify(reply(200, b"<html>")),
             Err(ReadFailure::Malformed)
         ));
         assert!(matches!(
-            classify(&reply(200, br#"{"data":null,"warnings":["w1"]}"#)),
+            classify(reply(200, br#"{"data":null,"warnings":["w1"]}"#)),
             Err(ReadFailure::Empty(w)) if w == "w1"
         ));
-        let ok = classify(&reply(
-            200,
-            br#"{"lease_id":"database/creds/x/1","data":{}}"#,
-        ))
-        .unwrap();
-        assert!(!shareable(&ok));
-        assert!(shareable(&json!({"lease_id": "", "data": {}})));
+        assert!(response(r#"{"lease_id":"database/creds/x/1","data":{}}"#).leased);
+        assert!(!response(r#"{"lease_id": "", "data": {}}"#).leased);
+    }
+
+    #[test]
+    fn deep_or_huge_answers_build_nothing_their_size() {
+        // Nesting costs no stack: values are skipped over and copied as text, never parsed
+        // into a tree.
+        let nested = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!(r#"{{"data": {{"k": {nested}}}}}"#);
+        let deep = response(&deep);
+        assert_eq!(text(&object(Some("k"), Encoding::Utf8), &deep), nested);
+        // A wide object is looked through, not collected: only the key asked for is kept.
+        let wide: String = (0..100_000).map(|i| format!(r#""k{i}":{i},"#)).collect();
+        let body = format!(r#"{{"data": {{{wide}"want": "v"}}}}"#);
+        let found = response(&body);
+        assert_eq!(text(&object(Some("want"), Encoding::Utf8), &found), "v");
+        let err = contents(&object(Some("nope"), Encoding::Utf8), &found).unwrap_err();
+        assert!(err.to_string().len() < 2048, "{err}");
+        let errors = format!(r#"{{"errors": ["{}"]}}"#, "e".repeat(100_000));
+        let Err(ReadFailure::Failing(message)) = classify(reply(500, errors.as_bytes())) else {
+            panic!("not failing")
+        };
+        assert!(message.len() < 1024, "{}", message.len());
     }
 }
