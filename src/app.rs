@@ -397,7 +397,10 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         parse_class(&text).with_context(|| format!("reading {}", args.class.display()))?;
     // `--attribute` edits the class itself: the file is its author's, while a pod's volume
     // attributes may not override what a built-in provider reads.
-    class.spec.parameters.extend(args.attributes.iter().cloned());
+    class
+        .spec
+        .parameters
+        .extend(args.attributes.iter().cloned());
     let name = class.metadata.name.clone().unwrap_or_default();
     if name.is_empty() {
         bail!("{}: metadata.name is required", args.class.display());

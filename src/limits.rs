@@ -195,7 +195,9 @@ pub fn check_file_path(path: &str) -> Result<(), &'static str> {
         match element {
             ".." => return Err("the path contains '..'"),
             "" | "." => return Err("the path is not clean (empty, '.' or trailing '/' element)"),
-            e if e.len() > MAX_ELEMENT_LEN => return Err("a path element is longer than 255 bytes"),
+            e if e.len() > MAX_ELEMENT_LEN => {
+                return Err("a path element is longer than 255 bytes");
+            }
             _ => {}
         }
     }
@@ -227,15 +229,11 @@ mod tests {
         let slots = FetchSlots::new(8);
         assert_eq!(slots.namespace_share(), 2);
         let held = [slots.acquire("noisy").await, slots.acquire("noisy").await];
-        let third = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            slots.acquire("noisy"),
-        );
+        let third =
+            tokio::time::timeout(std::time::Duration::from_millis(50), slots.acquire("noisy"));
         assert!(third.await.is_err(), "a third slot for one namespace");
-        let other = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            slots.acquire("quiet"),
-        );
+        let other =
+            tokio::time::timeout(std::time::Duration::from_millis(50), slots.acquire("quiet"));
         assert!(other.await.is_ok(), "another namespace still gets a slot");
         drop(held);
         assert!(

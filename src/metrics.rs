@@ -396,7 +396,10 @@ mod tests {
         assert_eq!(providers.len(), MAX_LABEL_VALUES + 1, "{text}");
         assert!(text.contains("provider=\"other\""), "{text}");
         assert!(!text.contains("evil}"), "{text}");
-        assert!(text.contains("provider=\"provider-0\",error_type=\"Code0evil\""), "{text}");
+        assert!(
+            text.contains("provider=\"provider-0\",error_type=\"Code0evil\""),
+            "{text}"
+        );
     }
 
     #[test]

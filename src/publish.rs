@@ -443,9 +443,11 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
             ctx.kubelet_root.clone(),
             target.clone(),
         );
-        blocking(target, move || is_published(&mount_mode, root.as_ref(), &path))
-            .await
-            .map_err(|e| Failure::new(e, None, false))?
+        blocking(target, move || {
+            is_published(&mount_mode, root.as_ref(), &path)
+        })
+        .await
+        .map_err(|e| Failure::new(e, None, false))?
     };
     if mounted && mode == Mode::Publish {
         let due = ctx

@@ -1,10 +1,10 @@
 //! Structured logs to stderr, as text or JSON lines.
 
 use tracing::{Level, Metadata};
-use tracing_subscriber::{EnvFilter, Layer as _};
 use tracing_subscriber::filter::{FilterExt as _, FilterFn};
 use tracing_subscriber::layer::{Filter, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 /// Installs the global subscriber. `RUST_LOG` overrides the verbosity.
 pub fn init(json: bool, verbosity: u8) {
@@ -116,7 +116,13 @@ mod tests {
         assert!(quiet.contains("own-error"), "{quiet}");
         assert!(!quiet.contains("hyper-debug"), "{quiet}");
         let loud = logged("trace,aws_smithy_runtime=trace");
-        assert!(loud.contains("hyper-debug") && loud.contains("own-trace"), "{loud}");
-        assert!(!loud.contains("hyper-trace") && !loud.contains("aws-trace"), "{loud}");
+        assert!(
+            loud.contains("hyper-debug") && loud.contains("own-trace"),
+            "{loud}"
+        );
+        assert!(
+            !loud.contains("hyper-trace") && !loud.contains("aws-trace"),
+            "{loud}"
+        );
     }
 }

@@ -320,7 +320,9 @@ mod tests {
         assert_eq!(merged["c"], "pod");
         let refused = merge_parameters("ns", "c", &spec, &attributes, &["a", "c"]).unwrap_err();
         assert!(
-            refused.to_string().contains("volume attribute \"c\" cannot override"),
+            refused
+                .to_string()
+                .contains("volume attribute \"c\" cannot override"),
             "{refused}"
         );
     }
@@ -331,12 +333,15 @@ mod tests {
             provider: "p".into(),
             ..Default::default()
         };
-        spec.parameters.insert("objects".into(), "x".repeat(MAX_PARAMETER_BYTES));
+        spec.parameters
+            .insert("objects".into(), "x".repeat(MAX_PARAMETER_BYTES));
         assert!(matches!(
             check("ns", "c", &spec),
             Err(ClassError::TooLarge { .. })
         ));
-        spec.parameters = (0..=MAX_PARAMETERS).map(|i| (i.to_string(), String::new())).collect();
+        spec.parameters = (0..=MAX_PARAMETERS)
+            .map(|i| (i.to_string(), String::new()))
+            .collect();
         assert!(matches!(
             check("ns", "c", &spec),
             Err(ClassError::TooLarge { .. })

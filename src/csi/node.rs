@@ -144,7 +144,12 @@ impl Node for NodeService {
         let target = PathBuf::from(&request.target_path);
         let span = tracing::info_span!("node_unpublish_volume", target = %target.display());
         check_target(&target, self.ctx.kubelet_root.as_ref()).inspect_err(|status| {
-            span.in_scope(|| tracing::warn!(error = status.message(), "rejected NodeUnpublishVolume request"));
+            span.in_scope(|| {
+                tracing::warn!(
+                    error = status.message(),
+                    "rejected NodeUnpublishVolume request"
+                )
+            });
         })?;
         let _guard = self.claim(&target)?;
         let ctx = self.ctx.clone();

@@ -308,7 +308,16 @@ mod tests {
             Some(Duration::from_secs(99_999_999 * 3600))
         );
         // What once overflowed a multiplication, and what the spec does not allow.
-        for bad in ["18446744073709551615H", "123456789S", "+5S", "5", "", "S", "-1m", "5x"] {
+        for bad in [
+            "18446744073709551615H",
+            "123456789S",
+            "+5S",
+            "5",
+            "",
+            "S",
+            "-1m",
+            "5x",
+        ] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
     }
@@ -336,6 +345,10 @@ mod tests {
         r.target_path = "/etc/ssl".into();
         let status = publish_request(r, None, Some(&root)).unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert!(status.message().contains("--kubelet-root-dir"), "{}", status.message());
+        assert!(
+            status.message().contains("--kubelet-root-dir"),
+            "{}",
+            status.message()
+        );
     }
 }

@@ -353,7 +353,10 @@ fn read_bounded(path: &Path, max_bytes: usize) -> Result<Vec<u8>, ProviderError>
         .read_to_end(&mut bytes)
         .map_err(|err| backend(path, &err))?;
     if bytes.len() > max_bytes {
-        return Err(too_big(&format!("{} grew while it was read", path.display())));
+        return Err(too_big(&format!(
+            "{} grew while it was read",
+            path.display()
+        )));
     }
     Ok(bytes)
 }
@@ -530,7 +533,11 @@ mod tests {
         }
         let absolute = outside.path().join("s.yaml");
         let err = provider
-            .load(&params(&[("source", absolute.to_str().unwrap())]), 0o644, DEFAULT_VOLUME_BYTES)
+            .load(
+                &params(&[("source", absolute.to_str().unwrap())]),
+                0o644,
+                DEFAULT_VOLUME_BYTES,
+            )
             .unwrap_err();
         assert!(matches!(err, ProviderError::ObjectNotFound { .. }), "{err}");
     }
@@ -606,7 +613,11 @@ mod tests {
     fn an_oversized_or_deep_source_file_is_refused_without_quoting_it() {
         let dir = tempfile::tempdir().unwrap();
         let provider = LocalProvider::unjailed(dir.path().to_owned(), VersionKey::ephemeral());
-        std::fs::write(dir.path().join("big.yaml"), format!("a: {}\n", "x".repeat(100))).unwrap();
+        std::fs::write(
+            dir.path().join("big.yaml"),
+            format!("a: {}\n", "x".repeat(100)),
+        )
+        .unwrap();
         let err = provider
             .load(&params(&[("source", "big.yaml")]), 0o644, 50)
             .unwrap_err();
@@ -614,7 +625,11 @@ mod tests {
         let nested = format!("a: {}hunter2{}\n", "[".repeat(5000), "]".repeat(5000));
         std::fs::write(dir.path().join("deep.yaml"), nested).unwrap();
         let err = provider
-            .load(&params(&[("source", "deep.yaml")]), 0o644, DEFAULT_VOLUME_BYTES)
+            .load(
+                &params(&[("source", "deep.yaml")]),
+                0o644,
+                DEFAULT_VOLUME_BYTES,
+            )
             .unwrap_err();
         assert_eq!(err.grpc_code(), tonic::Code::InvalidArgument, "{err}");
         assert!(!err.to_string().contains("hunter2"), "{err}");

@@ -303,7 +303,9 @@ mod tests {
     #[tokio::test]
     async fn weighed_values_beyond_the_bound_are_handed_out_but_not_kept() {
         let cache = SharedCache::<u32, Vec<u8>>::weighed(100, 10, Vec::len);
-        let keep = |len: usize| move |_| async move { Ok::<_, ()>((vec![0; len], Duration::from_secs(60))) };
+        let keep = |len: usize| {
+            move |_| async move { Ok::<_, ()>((vec![0; len], Duration::from_secs(60))) }
+        };
         assert_eq!(cache.get_or_fetch(&1, keep(6)).await.unwrap().0.len(), 6);
         assert_eq!(cache.weight(), 6);
         // Too big to keep beside the first: the caller still gets it.

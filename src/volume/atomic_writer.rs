@@ -567,7 +567,10 @@ mod tests {
         let writer = AtomicWriter::new(dir.path());
         assert_eq!(writer.write(&payload(&[])).unwrap(), WriteOutcome::Changed);
         assert!(AtomicWriter::swapped_at(dir.path()).is_ok());
-        assert_eq!(writer.write(&payload(&[])).unwrap(), WriteOutcome::Unchanged);
+        assert_eq!(
+            writer.write(&payload(&[])).unwrap(),
+            WriteOutcome::Unchanged
+        );
         assert_eq!(
             fs::read_to_string(dir.path().join("written-by-provider")).unwrap(),
             "legacy"

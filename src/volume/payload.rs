@@ -75,9 +75,9 @@ impl Payload {
         if files.len() > MAX_FILES {
             return Err(PayloadError::TooManyFiles { count: files.len() });
         }
-        let total = files
-            .iter()
-            .fold(0usize, |sum, f| sum.saturating_add(f.contents.expose().len()));
+        let total = files.iter().fold(0usize, |sum, f| {
+            sum.saturating_add(f.contents.expose().len())
+        });
         if total > max_bytes {
             return Err(PayloadError::TooLarge { limit: max_bytes });
         }
@@ -241,7 +241,9 @@ mod tests {
 
     #[test]
     fn the_number_of_files_their_size_and_depth_are_bounded() {
-        let many: Vec<_> = (0..=MAX_FILES).map(|i| file(&format!("f{i}"), 0o644)).collect();
+        let many: Vec<_> = (0..=MAX_FILES)
+            .map(|i| file(&format!("f{i}"), 0o644))
+            .collect();
         assert_eq!(
             validate(many).unwrap_err(),
             PayloadError::TooManyFiles {

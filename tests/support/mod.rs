@@ -60,17 +60,25 @@ pub struct Driver {
     pub socket: PathBuf,
     pub provider_dir: PathBuf,
     pub local_root: PathBuf,
+    pub kubelet_root: PathBuf,
     pub metrics_port: u16,
     logs: Arc<Mutex<Vec<u8>>>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// Starts the driver binary with `args`, appending its stderr to `logs`, and waits until it
 /// serves `socket` (a stale socket from a killed run does not count).
-async fn spawn_driver(args: &[String], socket: &Path, logs: &Arc<Mutex<Vec<u8>>>) -> Child {
+async fn spawn_driver(
+    args: &[String],
+    env: &[(String, String)],
+    socket: &Path,
+    logs: &Arc<Mutex<Vec<u8>>>,
+) -> Child {
     let mut child = Command::new(DRIVER)
         .args(args)
         .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -106,6 +114,15 @@ async fn spawn_driver(args: &[String], socket: &Path, logs: &Arc<Mutex<Vec<u8>>>
 impl Driver {
     /// Starts the driver and waits for its socket.
     pub async fn start(api: &FakeApiServer, extra_args: &[&str]) -> Self {
+        Self::start_with_env(api, extra_args, &[]).await
+    }
+
+    /// Starts the driver with environment variables set (e.g. `RUST_LOG`).
+    pub async fn start_with_env(
+        api: &FakeApiServer,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("csi/csi.sock");
         let provider_dir = dir.path().join("providers");
@@ -136,16 +153,22 @@ impl Driver {
         .chain(extra_args.iter().map(|a| (*a).to_owned()))
         .collect();
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let child = spawn_driver(&args, &socket, &logs).await;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = spawn_driver(&args, &env, &socket, &logs).await;
         Self {
             child,
             dir,
             socket,
             provider_dir,
             local_root,
+            kubelet_root,
             metrics_port,
             logs,
             args,
+            env,
         }
     }
 
@@ -154,7 +177,7 @@ impl Driver {
     pub async fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_driver(&self.args, &self.socket, &self.logs).await;
+        self.child = spawn_driver(&self.args, &self.env, &self.socket, &self.logs).await;
     }
 
     pub fn node(&self) -> csi::node_client::NodeClient<Channel> {
@@ -226,12 +249,47 @@ impl Driver {
 
     /// The process's resident set size in KiB.
     pub fn rss_kib(&self) -> u64 {
+        self.status_field("VmRSS:")
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The process's highest resident set size so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_field("VmHWM:")
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The process's thread count.
+    pub fn threads(&self) -> usize {
+        self.status_field("Threads:").parse().unwrap()
+    }
+
+    /// The process's open file descriptors.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .count()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn status_field(&self, field: &str) -> String {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .find_map(|l| l.strip_prefix(field))
             .unwrap()
+            .trim()
+            .to_owned()
     }
 }
 

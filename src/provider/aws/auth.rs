@@ -321,7 +321,9 @@ impl Auth {
             let body = http_body_util::Limited::new(response.into_body(), MAX_AGENT_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|err| format!("reading the answer (at most {MAX_AGENT_ANSWER_BYTES} bytes): {err}"))?
+                .map_err(|err| {
+                    format!("reading the answer (at most {MAX_AGENT_ANSWER_BYTES} bytes): {err}")
+                })?
                 .to_bytes();
             if !status.is_success() {
                 // The agent's error bodies are short JSON messages, never credentials.

@@ -26,9 +26,12 @@ pub const PARAMETERS: &[&str] = &[
 pub fn check_region(region: &str, field: &str) -> Result<(), ProviderError> {
     let valid = !region.is_empty()
         && region.len() <= 64
-        && region
-            .split('-')
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        && region.split('-').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        });
     if valid {
         Ok(())
     } else {
@@ -681,8 +684,17 @@ mod tests {
         let message = error(&format!(
             "- objectName: x\n  objectType: secretsmanager\n  jmesPath:\n    - path: '{nested}'\n      objectAlias: f\n"
         ));
-        assert!(message.contains("jmesPath[0].path: Invalid JMES Path"), "{message}");
-        for region in ["evil.example.com#", "US-EAST-1", "", "a--b", &"a".repeat(65)] {
+        assert!(
+            message.contains("jmesPath[0].path: Invalid JMES Path"),
+            "{message}"
+        );
+        for region in [
+            "evil.example.com#",
+            "US-EAST-1",
+            "",
+            "a--b",
+            &"a".repeat(65),
+        ] {
             let parameters = BTreeMap::from([(
                 "objects".to_owned(),
                 "- {objectName: x, objectType: secretsmanager}".to_owned(),

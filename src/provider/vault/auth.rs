@@ -367,7 +367,10 @@ pub fn transport_error(config: &VolumeConfig, doing: &str, err: TransportError) 
         TransportError::TooLarge { limit } => ProviderError::ResponseTooLarge {
             provider: NAME.to_owned(),
             limit,
-            message: format!("Vault at {} answered more than that ({doing})", config.address),
+            message: format!(
+                "Vault at {} answered more than that ({doing})",
+                config.address
+            ),
         },
         TransportError::Timeout => ProviderError::BackendTimeout {
             provider: NAME.to_owned(),

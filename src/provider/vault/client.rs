@@ -74,7 +74,11 @@ impl Reply {
         if errors.is_empty() {
             format!("HTTP {}", self.status)
         } else {
-            format!("HTTP {}: {}", self.status, super::read::bounded_join(&errors))
+            format!(
+                "HTTP {}: {}",
+                self.status,
+                super::read::bounded_join(&errors)
+            )
         }
     }
 }
@@ -285,7 +289,8 @@ async fn send_once(
     let mut stream = response.into_body();
     let mut received = 0usize;
     while let Some(frame) = stream.frame().await {
-        let frame = frame.map_err(|err| Failed::Transport(format!("reading the response: {err}")))?;
+        let frame =
+            frame.map_err(|err| Failed::Transport(format!("reading the response: {err}")))?;
         if let Some(data) = frame.data_ref() {
             received += data.len();
             match declared {
@@ -440,7 +445,8 @@ fn resolve(file: &TlsFile, parameter: &str, policy: &TlsPolicy) -> Result<PathBu
 fn read_tls_file(file: &TlsFile, parameter: &str, policy: &TlsPolicy) -> Result<Vec<u8>, String> {
     let resolved = resolve(file, parameter, policy)?;
     let name = file.path.display();
-    let opened = std::fs::File::open(&resolved).map_err(|err| format!("{parameter} {name}: {err}"))?;
+    let opened =
+        std::fs::File::open(&resolved).map_err(|err| format!("{parameter} {name}: {err}"))?;
     let meta = opened
         .metadata()
         .map_err(|err| format!("{parameter} {name}: {err}"))?;
@@ -527,5 +533,49 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_client_pool_stays_bounded_whatever_classes_ask_for() {
+        let transport = Transport::default();
+        for i in 0..200 {
+            let tls = TlsConfig {
+                server_name: Some(format!("vault-{i}.example.com")),
+                ..TlsConfig::default()
+            };
+            transport.client(&tls).await.unwrap();
+        }
+        assert!(
+            transport.clients() <= MAX_TLS_CLIENTS,
+            "{} clients kept",
+            transport.clients()
+        );
+    }
+
+    #[tokio::test]
+    async fn tls_files_are_bounded_and_their_contents_never_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = TlsPolicy::default();
+        let not_pem = dir.path().join("secret.txt");
+        std::fs::write(
+            &not_pem,
+            "-----BEGIN hunter2 secret line\nnot base64 at all\n",
+        )
+        .unwrap();
+        let big = dir.path().join("big.pem");
+        std::fs::write(&big, vec![b'a'; MAX_TLS_FILE_BYTES as usize + 1]).unwrap();
+        for path in [not_pem, big] {
+            let file = TlsFile {
+                path,
+                from_class: true,
+            };
+            let err = read_certs(&file, "vaultCACertPath", &policy).unwrap_err();
+            assert!(!err.contains("hunter2") && !err.contains("BEGIN"), "{err}");
+        }
     }
 }

@@ -774,10 +774,7 @@ mod tests {
             ..Defaults::default()
         };
         let with = |parameter: &str, path: &str| {
-            parse(
-                &params(&[("objects", ONE), (parameter, path)]),
-                &defaults,
-            )
+            parse(&params(&[("objects", ONE), (parameter, path)]), &defaults)
         };
         let ok = with("vaultCACertPath", "/etc/vault-tls/ca.pem").unwrap();
         assert_eq!(
@@ -794,15 +791,24 @@ mod tests {
             "vaultTLSClientCertPath",
             "vaultTLSClientKeyPath",
         ] {
-            for path in [other_pod, "/etc/shadow", "/nonexistent/x", "/etc/vault-tls/../x"] {
+            for path in [
+                other_pod,
+                "/etc/shadow",
+                "/nonexistent/x",
+                "/etc/vault-tls/../x",
+            ] {
                 let message = with(parameter, path).unwrap_err().to_string();
                 assert!(message.contains(parameter), "{message}");
                 assert!(!message.contains("No such file"), "{message}");
             }
         }
         // The same refusal for a file that exists and one that does not.
-        let exists = with("vaultCACertPath", "/etc/hostname").unwrap_err().to_string();
-        let missing = with("vaultCACertPath", "/etc/no-such-file").unwrap_err().to_string();
+        let exists = with("vaultCACertPath", "/etc/hostname")
+            .unwrap_err()
+            .to_string();
+        let missing = with("vaultCACertPath", "/etc/no-such-file")
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             exists.replace("/etc/hostname", "X"),
             missing.replace("/etc/no-such-file", "X")

@@ -104,11 +104,7 @@ impl VaultProvider {
         self.reads
             .get_or_fetch(&key, |_| async {
                 let response = self.send_read(login, request).await?;
-                let fresh_for = if response.leased {
-                    Duration::ZERO
-                } else {
-                    ttl
-                };
+                let fresh_for = if response.leased { Duration::ZERO } else { ttl };
                 Ok((response, fresh_for))
             })
             .await

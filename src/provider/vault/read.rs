@@ -109,6 +109,11 @@ fn clone_error(err: &ProviderError, object: &str) -> ProviderError {
             provider,
             message: named(message),
         },
+        ProviderError::ResponseTooLarge { limit, message, .. } => ProviderError::ResponseTooLarge {
+            provider,
+            limit: *limit,
+            message: named(message),
+        },
         other => ProviderError::Backend {
             provider,
             message: named(&other.to_string()),
@@ -185,7 +190,11 @@ pub fn classify(reply: Reply) -> Result<Response, ReadFailure> {
     }
     let leased = parsed
         .lease_id
-        .and_then(|id| serde_json::from_str::<Option<String>>(id.get()).ok().flatten())
+        .and_then(|id| {
+            serde_json::from_str::<Option<String>>(id.get())
+                .ok()
+                .flatten()
+        })
         .is_some_and(|id| !id.is_empty());
     Ok(Response {
         body: Secret::new(body.into_inner()),
@@ -246,8 +255,7 @@ pub fn contents(object: &ObjectConfig, response: &Response) -> Result<Vec<u8>, P
     // KV v2 nests the secret under data.data.
     let data = match find(data, "data") {
         Some(Found {
-            value: Some(inner),
-            ..
+            value: Some(inner), ..
         }) if inner.get().starts_with('{') => inner,
         _ => data,
     };
