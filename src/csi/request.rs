@@ -154,6 +154,9 @@ pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration>
 /// A `grpc-timeout` value: at most 8 ASCII digits and a unit (`H M S m u n`), as the gRPC
 /// spec allows; anything else is no deadline.
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if !value.is_ascii() {
+        return None;
+    }
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty()
         || digits.len() > MAX_GRPC_TIMEOUT_DIGITS
