@@ -1,0 +1,10 @@
+//! The `grpc-timeout` header of a CSI call.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use secrets_store_csi_driver::csi::request::parse_grpc_timeout;
+
+fuzz_target!(|value: &[u8]| {
+    let value = String::from_utf8_lossy(value);
+    let _ = parse_grpc_timeout(&value);
+});
