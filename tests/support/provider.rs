@@ -33,6 +33,9 @@ pub struct Behaviour {
     pub versions: Vec<(String, String)>,
     pub error_code: String,
     pub delay: Duration,
+    /// Answer every other call with error code `Flaky` instead (a backend failing half the
+    /// time).
+    pub fail_every_other: bool,
 }
 
 #[derive(Default)]
@@ -98,6 +101,14 @@ impl CsiDriverProvider for Service {
             state.behaviour.clone()
         };
         tokio::time::sleep(behaviour.delay).await;
+        if behaviour.fail_every_other && self.0.lock().unwrap().calls.len() % 2 == 0 {
+            return Ok(Response::new(pb::MountResponse {
+                error: Some(pb::Error {
+                    code: "Flaky".into(),
+                }),
+                ..Default::default()
+            }));
+        }
         Ok(Response::new(pb::MountResponse {
             object_version: behaviour
                 .versions
