@@ -293,6 +293,8 @@ fn the_chart_lints_and_renders_upstreams_defaults() {
         "--metrics-addr=:8095",
         "--enable-secret-rotation=false",
         "--builtin-providers=vault,aws",
+        "--kubelet-root-dir=/var/lib/kubelet",
+        "--max-concurrent-fetches=16",
     ] {
         assert!(
             store_args.contains(&expected.to_owned()),
@@ -329,7 +331,7 @@ fn chart_values_reach_the_csidriver_rbac_and_driver_flags() {
                 "address": "https://vault.vault.svc:8200",
                 "authMount": "k8s-prod",
                 "namespace": "team-a",
-                "tls": {"caConfigMap": "vault-ca", "serverName": "vault.internal"},
+                "tls": {"caConfigMap": "vault-ca", "serverName": "vault.internal", "allowedDirs": ["/etc/vault-tls"]},
                 "readCacheTTL": "0s",
             },
             "aws": {
@@ -382,6 +384,8 @@ fn chart_values_reach_the_csidriver_rbac_and_driver_flags() {
         "--vault-namespace=team-a",
         "--vault-tls-ca-cert=/etc/secrets-store-csi-driver/vault-ca/ca.crt",
         "--vault-tls-server-name=vault.internal",
+        "--vault-tls-allowed-dirs=/etc/vault-tls,/etc/secrets-store-csi-driver/vault-ca",
+        "--kubelet-root-dir=/data/kubelet",
         "--vault-read-cache-ttl=0s",
         "--builtin-providers=vault,aws",
         "--aws-region=eu-central-1",
