@@ -7,7 +7,10 @@ use secrets_store_csi_driver::provider::aws::config::JmesEntry;
 use secrets_store_csi_driver::provider::aws::jmes;
 
 fuzz_target!(|input: &[u8]| {
-    let split = input.iter().position(|b| *b == b'\n').unwrap_or(input.len());
+    let split = input
+        .iter()
+        .position(|b| *b == b'\n')
+        .unwrap_or(input.len());
     let path = String::from_utf8_lossy(&input[..split]).into_owned();
     let secret = input.get(split + 1..).unwrap_or_default();
     let _ = jmes::check(&path);

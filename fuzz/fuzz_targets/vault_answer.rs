@@ -9,7 +9,10 @@ use secrets_store_csi_driver::provider::vault::read;
 use secrets_store_csi_driver::redact::Secret;
 
 fuzz_target!(|input: &[u8]| {
-    let split = input.iter().position(|b| *b == b'\n').unwrap_or(input.len());
+    let split = input
+        .iter()
+        .position(|b| *b == b'\n')
+        .unwrap_or(input.len());
     let head = String::from_utf8_lossy(&input[..split]);
     let body = input.get(split + 1..).unwrap_or_default().to_vec();
     let mut words = head.split(' ');

@@ -101,7 +101,7 @@ impl CsiDriverProvider for Service {
             state.behaviour.clone()
         };
         tokio::time::sleep(behaviour.delay).await;
-        if behaviour.fail_every_other && self.0.lock().unwrap().calls.len() % 2 == 0 {
+        if behaviour.fail_every_other && self.0.lock().unwrap().calls.len().is_multiple_of(2) {
             return Ok(Response::new(pb::MountResponse {
                 error: Some(pb::Error {
                     code: "Flaky".into(),
