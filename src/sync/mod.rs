@@ -94,7 +94,6 @@ impl std::fmt::Debug for Controller {
 /// What to do with a record after a reconcile.
 enum Next {
     Done,
-    RetryAfter(Duration),
     Backoff,
 }
 
@@ -190,7 +189,6 @@ impl Controller {
             Next::Done => {
                 lock(&self.failures).remove(&key);
             }
-            Next::RetryAfter(delay) => self.enqueue_later(key, delay),
             Next::Backoff => {
                 let attempts = {
                     let mut failures = lock(&self.failures);
@@ -344,7 +342,8 @@ impl Controller {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let pod = match pods.get_opt(&status.pod_name).await {
             Ok(Some(pod)) => pod,
-            Ok(None) => return Next::RetryAfter(FIRST_RETRY),
+            // The pod is gone: the garbage collector removes the record with it.
+            Ok(None) => return Next::Done,
             Err(err) => {
                 tracing::warn!(pod = %status.pod_name, namespace = %namespace, error = %err, "failed to get pod");
                 return Next::Backoff;
@@ -364,8 +363,9 @@ impl Controller {
             .flatten()
             .any(|o| o.kind == "Pod" && o.uid == pod_uid);
         if !owned_by_pod {
-            // A record of an earlier pod of the same name; the new pod's mount rewrites it.
-            return Next::RetryAfter(FIRST_RETRY);
+            // A record of an earlier pod of the same name; the new pod's mount rewrites it,
+            // which is an event of its own.
+            return Next::Done;
         }
         let pod_ref = PodRef {
             namespace: namespace.clone(),
@@ -375,7 +375,7 @@ impl Controller {
         let class_name = &status.secret_provider_class_name;
         let spec = match self.classes.get(namespace, class_name).await {
             Ok(class) => class.spec,
-            Err(ClassError::NotFound { .. }) => return Next::RetryAfter(FIRST_RETRY),
+            Err(ClassError::NotFound { .. }) => return Next::Backoff,
             Err(err) => {
                 tracing::warn!(error = %err, "failed to get SecretProviderClass for sync");
                 return Next::Backoff;
