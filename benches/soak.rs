@@ -37,14 +37,22 @@ fn sample(driver: &Driver, at: &'static str, done: usize) -> Sample {
     }
 }
 
-/// Publishes and unpublishes `cycles` fresh volumes of `class`; failed publishes (the flaky
-/// backend) count too, as their cleanup is what could leak.
-async fn cycles(driver: &Driver, class: &str, cycles: usize) -> (Vec<Sample>, usize) {
+/// Publishes and unpublishes `cycles` fresh volumes of `class`, each for a pod that exists
+/// and is deleted afterwards, as kubelet sees pods come and go (the garbage collector then
+/// removes the pod's status record); failed publishes (the flaky backend) count too, as their
+/// cleanup is what could leak.
+async fn cycles(
+    driver: &Driver,
+    api: &FakeApiServer,
+    class: &str,
+    cycles: usize,
+) -> (Vec<Sample>, usize) {
     let mut node = driver.node();
     let mut samples = vec![sample(driver, "start", 0)];
     let mut failed = 0;
     for i in 0..cycles {
-        let pod = Pod::new(&format!("{class}-{i}"), "soak");
+        let mut pod = Pod::new(&format!("{class}-{i}"), "soak");
+        pod.create_in(api, "v", class, None);
         let target = driver.target(&pod.uid, "v");
         if node
             .node_publish_volume(pod.publish(&target, class))
@@ -56,6 +64,7 @@ async fn cycles(driver: &Driver, class: &str, cycles: usize) -> (Vec<Sample>, us
         node.node_unpublish_volume(unpublish(&target))
             .await
             .unwrap();
+        api.delete("", "pods", "soak", &pod.name);
         if i + 1 == cycles / 2 {
             samples.push(sample(driver, "middle", i + 1));
         }
@@ -68,12 +77,14 @@ async fn cycles(driver: &Driver, class: &str, cycles: usize) -> (Vec<Sample>, us
 /// gives the backend a new value first.
 async fn rotations(
     driver: &Driver,
+    api: &FakeApiServer,
     class: &str,
     rotations: usize,
     mut change: impl FnMut(usize),
 ) -> Vec<Sample> {
     let mut node = driver.node();
-    let pod = Pod::new(&format!("{class}-rotating"), "soak");
+    let mut pod = Pod::new(&format!("{class}-rotating"), "soak");
+    pod.create_in(api, "v", class, None);
     let target = driver.target(&pod.uid, "v");
     change(0);
     node.node_publish_volume(pod.publish(&target, class))
@@ -94,6 +105,7 @@ async fn rotations(
     node.node_unpublish_volume(unpublish(&target))
         .await
         .unwrap();
+    api.delete("", "pods", "soak", &pod.name);
     samples
 }
 
@@ -163,13 +175,13 @@ async fn main() {
     );
 
     let started = Instant::now();
-    let (healthy_cycles, healthy_failed) = cycles(&driver, "healthy", n).await;
-    let (flaky_cycles, flaky_failed) = cycles(&driver, "flaky", n).await;
-    let healthy_rotations = rotations(&driver, "healthy", rotation_count, |i| {
+    let (healthy_cycles, healthy_failed) = cycles(&driver, &api, "healthy", n).await;
+    let (flaky_cycles, flaky_failed) = cycles(&driver, &api, "flaky", n).await;
+    let healthy_rotations = rotations(&driver, &api, "healthy", rotation_count, |i| {
         std::fs::write(&source, format!("a: value-{i}\nb: second\n")).unwrap();
     })
     .await;
-    let flaky_rotations = rotations(&driver, "flaky", rotation_count, |i| {
+    let flaky_rotations = rotations(&driver, &api, "flaky", rotation_count, |i| {
         flaky.set(Behaviour {
             files: vec![("a".into(), 0o644, format!("value-{i}").into_bytes())],
             versions: vec![("a".into(), i.to_string())],
