@@ -176,3 +176,593 @@ async fn a_pod_runs_with_its_files_its_status_record_and_leaves_nothing_when_del
     .await;
     assert!(!cluster.driver_logs().contains(&alpha));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelets_own_republish_rotates_the_files_and_the_versions() {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _shared = cluster.shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("rotation").await;
+    let source = cluster.local_root.join(format!("{ns}.yaml"));
+    std::fs::write(&source, "token: first-value\n").unwrap();
+    cluster::apply(
+        &client,
+        local_class(&ns, "app", &format!("{ns}.yaml"), "- objectName: token\n"),
+    )
+    .await;
+    cluster::apply(&client, pod(&ns, "app", "app")).await;
+    let pod = running(cluster, &client, &ns, "app").await;
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
+    let file = cluster.volume_path(&uid, "secrets").join("token");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "first-value");
+    let record = format!("app-{ns}-app");
+    let versions = |status: &Value| status["status"]["objects"].clone();
+    let before = cluster::get(
+        &client,
+        GROUP_V1,
+        "SecretProviderClassPodStatus",
+        Some(&ns),
+        &record,
+    )
+    .await
+    .unwrap();
+
+    // Nobody calls the driver but kubelet: requiresRepublish makes it republish.
+    std::fs::write(&source, "token: second-value\n").unwrap();
+    until(cluster, "the rotated file", || async {
+        (std::fs::read_to_string(&file).ok()? == "second-value").then_some(())
+    })
+    .await;
+    let after = until(cluster, "the record's new version", || async {
+        let status = cluster::get(
+            &client,
+            GROUP_V1,
+            "SecretProviderClassPodStatus",
+            Some(&ns),
+            &record,
+        )
+        .await?;
+        (versions(&status) != versions(&before)).then_some(status)
+    })
+    .await;
+    assert_eq!(after["status"]["objects"][0]["id"], "token");
+    until(
+        cluster,
+        "a MountRotationComplete event on the pod",
+        || async {
+            let events = cluster::list(&client, "v1", "Event", &ns).await;
+            events.into_iter().find(|e| {
+                e["reason"] == "MountRotationComplete" && e["involvedObject"]["name"] == "app"
+            })
+        },
+    )
+    .await;
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
+}
+
+fn deployment(namespace: &str, name: &str, class: &str) -> Value {
+    let mut template = pod(namespace, name, class);
+    template["metadata"] = json!({"labels": {"app": name}});
+    let template = json!({"metadata": template["metadata"], "spec": template["spec"]});
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": template,
+        },
+    })
+}
+
+fn owners(secret: &Value) -> Vec<(String, String)> {
+    let mut owners: Vec<(String, String)> = secret["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap().to_owned(),
+                o["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    owners.sort();
+    owners
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synced_secrets_are_owned_by_the_replicasets_collected_with_them_and_usable_by_pods() {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _shared = cluster.shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("sync").await;
+    std::fs::write(
+        cluster.local_root.join(format!("{ns}.yaml")),
+        format!("password: pw-{ns}\n"),
+    )
+    .unwrap();
+    let mut class = local_class(
+        &ns,
+        "app",
+        &format!("{ns}.yaml"),
+        "- objectName: password\n",
+    );
+    class["spec"]["secretObjects"] = json!([{
+        "secretName": "app-credentials",
+        "type": "Opaque",
+        "labels": {"team": "payments"},
+        "data": [{"objectName": "password", "key": "password"}],
+    }]);
+    cluster::apply(&client, class).await;
+    cluster::apply(&client, deployment(&ns, "one", "app")).await;
+    let secret = until(cluster, "the synced Secret", || async {
+        cluster::get(&client, "v1", "Secret", Some(&ns), "app-credentials").await
+    })
+    .await;
+    assert_eq!(
+        secret["metadata"]["labels"]["secrets-store.csi.k8s.io/managed"],
+        "true"
+    );
+    assert_eq!(secret["metadata"]["labels"]["team"], "payments");
+    let owners_one = owners(&secret);
+    assert_eq!(owners_one.len(), 1, "{owners_one:?}");
+    assert_eq!(owners_one[0].0, "ReplicaSet");
+    assert!(owners_one[0].1.starts_with("one-"), "{owners_one:?}");
+    use base64::Engine as _;
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["password"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(value, format!("pw-{ns}").as_bytes());
+
+    // A pod that reads the Secret through secretKeyRef starts once it exists.
+    let mut consumer = pod(&ns, "consumer", "app");
+    consumer["spec"]["containers"][0]["env"] = json!([{
+        "name": "PASSWORD",
+        "valueFrom": {"secretKeyRef": {"name": "app-credentials", "key": "password"}},
+    }]);
+    cluster::apply(&client, consumer).await;
+    running(cluster, &client, &ns, "consumer").await;
+
+    // A second Deployment of the same class: a second owner.
+    cluster::apply(&client, deployment(&ns, "two", "app")).await;
+    until(cluster, "two ReplicaSets owning the Secret", || async {
+        let secret = cluster::get(&client, "v1", "Secret", Some(&ns), "app-credentials").await?;
+        (owners(&secret)
+            .iter()
+            .filter(|(kind, _)| kind == "ReplicaSet")
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+
+    // The real garbage collector removes it with its last owner.
+    cluster::delete(&client, "v1", "Pod", Some(&ns), "consumer").await;
+    cluster::delete(&client, "apps/v1", "Deployment", Some(&ns), "one").await;
+    cluster::delete(&client, "apps/v1", "Deployment", Some(&ns), "two").await;
+    until(cluster, "the Secret garbage-collected", || async {
+        cluster::get(&client, "v1", "Secret", Some(&ns), "app-credentials")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(!cluster.driver_logs().contains(&format!("pw-{ns}")));
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
+}
+
+fn service_account(namespace: &str, name: &str, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_sync_role_the_real_403_gives_one_warning_and_events_and_mounts_still_work() {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _alone = cluster.exclusive().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("norbac").await;
+    let log_start = cluster.driver_logs().len();
+    let binding = cluster::get(
+        &client,
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        None,
+        "secretprovidersyncing-rolebinding",
+    )
+    .await
+    .unwrap();
+    cluster::delete(
+        &client,
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        None,
+        "secretprovidersyncing-rolebinding",
+    )
+    .await;
+    std::fs::write(cluster.local_root.join(format!("{ns}.yaml")), "k: v\n").unwrap();
+    let mut class = local_class(&ns, "app", &format!("{ns}.yaml"), "- objectName: k\n");
+    class["spec"]["secretObjects"] = json!([{
+        "secretName": "never", "type": "Opaque", "data": [{"objectName": "k", "key": "k"}],
+    }]);
+    cluster::apply(&client, class).await;
+    for name in ["one", "two"] {
+        cluster::apply(&client, pod(&ns, name, "app")).await;
+    }
+    for name in ["one", "two"] {
+        running(cluster, &client, &ns, name).await;
+    }
+    for name in ["one", "two"] {
+        until(
+            cluster,
+            &format!("a FailedToCreateSecret event on {name}"),
+            || async {
+                cluster::list(&client, "v1", "Event", &ns)
+                    .await
+                    .into_iter()
+                    .find(|e| {
+                        e["reason"] == "FailedToCreateSecret"
+                            && e["involvedObject"]["name"] == name
+                            && e["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("may not manage Secrets"))
+                    })
+            },
+        )
+        .await;
+    }
+    assert!(
+        cluster::get(&client, "v1", "Secret", Some(&ns), "never")
+            .await
+            .is_none()
+    );
+    let logs = cluster.driver_logs()[log_start..].to_owned();
+    assert_eq!(
+        logs.matches("secretObjects cannot be synced").count(),
+        1,
+        "one warning for the whole node:\n{logs}"
+    );
+
+    // Restore what deploy/ grants.
+    let mut restored = binding;
+    restored["metadata"] = json!({"name": "secretprovidersyncing-rolebinding"});
+    cluster::apply(&client, restored).await;
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_driver_keeps_mounted_pods_mounted_and_rotating() {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _alone = cluster.exclusive().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("restart").await;
+    let source = cluster.local_root.join(format!("{ns}.yaml"));
+    std::fs::write(&source, "token: before-restart\n").unwrap();
+    cluster::apply(
+        &client,
+        local_class(&ns, "app", &format!("{ns}.yaml"), "- objectName: token\n"),
+    )
+    .await;
+    cluster::apply(&client, pod(&ns, "app", "app")).await;
+    let pod = running(cluster, &client, &ns, "app").await;
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
+    let volume = cluster.volume_path(&uid, "secrets");
+
+    cluster.crash_and_restart_driver();
+    assert!(
+        support::mount_line(&volume).is_some(),
+        "the mount outlives the driver"
+    );
+    assert_eq!(
+        std::fs::read_to_string(volume.join("token")).unwrap(),
+        "before-restart"
+    );
+    std::fs::write(&source, "token: after-restart\n").unwrap();
+    until(cluster, "a rotation by the new driver", || async {
+        (std::fs::read_to_string(volume.join("token")).ok()? == "after-restart").then_some(())
+    })
+    .await;
+    let pod = cluster::get(&client, "v1", "Pod", Some(&ns), "app")
+        .await
+        .unwrap();
+    assert_eq!(pod["status"]["phase"], "Running");
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_logs_in_with_the_token_kubelet_requested_through_the_real_token_review() {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _shared = cluster.shared().await;
+    let Some(bao) = support::openbao::OpenBao::start() else {
+        return;
+    };
+    let client = cluster.client().await;
+    let ns = cluster.namespace("vault").await;
+    // A reviewer that may create TokenReviews, as Vault's docs set it up.
+    cluster::apply(&client, service_account(&ns, "vault-reviewer", json!({}))).await;
+    cluster::apply(
+        &client,
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": format!("{ns}-reviewer")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+            "subjects": [{"kind": "ServiceAccount", "name": "vault-reviewer", "namespace": ns}],
+        }),
+    )
+    .await;
+    let reviewer = cluster::service_account_token(&client, &ns, "vault-reviewer").await;
+    let password = format!("vault-password-{ns}");
+    bao.bao(&["kv", "put", "secret/app", &format!("password={password}")]);
+    bao.policy(
+        "app",
+        r#"path "secret/data/app" { capabilities = ["read"] }"#,
+    );
+    bao.enable_kubernetes_auth_with(&cluster.api_url, &cluster.ca_pem, &reviewer);
+    bao.kubernetes_role("app", &ns, "app-sa", "app");
+    cluster::apply(&client, service_account(&ns, "app-sa", json!({}))).await;
+    cluster::apply(
+        &client,
+        json!({
+            "apiVersion": GROUP_V1,
+            "kind": "SecretProviderClass",
+            "metadata": {"name": "vault-app", "namespace": ns},
+            "spec": {"provider": "vault", "parameters": {
+                "vaultAddress": bao.addr,
+                "roleName": "app",
+                "objects": "- objectName: password\n  secretPath: secret/data/app\n  secretKey: password\n",
+            }},
+        }),
+    )
+    .await;
+    let mut app = pod(&ns, "app", "vault-app");
+    app["spec"]["serviceAccountName"] = json!("app-sa");
+    cluster::apply(&client, app).await;
+    let pod = running(cluster, &client, &ns, "app").await;
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(cluster.volume_path(uid, "secrets").join("password")).unwrap(),
+        password
+    );
+    let logins = bao
+        .requests()
+        .into_iter()
+        .filter(|(_, path)| path == "auth/kubernetes/login")
+        .count();
+    assert!(logins >= 1, "logged in through OpenBao's Kubernetes auth");
+    assert!(!cluster.driver_logs().contains(&password));
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
+    cluster::delete(
+        &client,
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        None,
+        &format!("{ns}-reviewer"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_irsa_assumes_the_role_with_kubelets_token_against_moto() {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _shared = cluster.shared().await;
+    let Some(moto) = support::moto::Moto::start_proxy_on(cluster.aws_port).await else {
+        return;
+    };
+    let client = cluster.client().await;
+    let ns = cluster.namespace("aws").await;
+    let value = format!("aws-secret-{ns}");
+    moto.create_secret("us-east-1", "prod/db", &value).await;
+    cluster::apply(
+        &client,
+        service_account(
+            &ns,
+            "app-sa",
+            json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/app"}),
+        ),
+    )
+    .await;
+    cluster::apply(
+        &client,
+        json!({
+            "apiVersion": GROUP_V1,
+            "kind": "SecretProviderClass",
+            "metadata": {"name": "aws-app", "namespace": ns},
+            "spec": {"provider": "aws", "parameters": {
+                "region": "us-east-1",
+                "objects": "- objectName: prod/db\n  objectType: secretsmanager\n",
+            }},
+        }),
+    )
+    .await;
+    let mut app = pod(&ns, "app", "aws-app");
+    app["spec"]["serviceAccountName"] = json!("app-sa");
+    cluster::apply(&client, app).await;
+    let pod = running(cluster, &client, &ns, "app").await;
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(cluster.volume_path(uid, "secrets").join("prod_db")).unwrap(),
+        value
+    );
+    assert!(moto.count("AssumeRoleWithWebIdentity") >= 1);
+    assert!(!cluster.driver_logs().contains(&value));
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1alpha1_class_served_by_the_real_api_server_mounts() {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _shared = cluster.shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("alpha").await;
+    std::fs::write(cluster.local_root.join(format!("{ns}.yaml")), "k: legacy\n").unwrap();
+    let mut class = local_class(&ns, "old", &format!("{ns}.yaml"), "- objectName: k\n");
+    class["apiVersion"] = json!("secrets-store.csi.x-k8s.io/v1alpha1");
+    cluster::apply(&client, class).await;
+    cluster::apply(&client, pod(&ns, "app", "old")).await;
+    let pod = running(cluster, &client, &ns, "app").await;
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(cluster.volume_path(uid, "secrets").join("k")).unwrap(),
+        "legacy"
+    );
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
+}
+
+/// The SecretProviderClasses of `examples/`, the README and upstream's own tests.
+fn documented_classes() -> Vec<(String, Value)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources: Vec<(String, String)> = std::fs::read_dir(root.join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap() != "quickstart-secrets.yaml")
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    sources.push((
+        "tests/fixtures/upstream-spcs.yaml".to_owned(),
+        std::fs::read_to_string(root.join("tests/fixtures/upstream-spcs.yaml")).unwrap(),
+    ));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for (i, block) in readme.split("```yaml").skip(1).enumerate() {
+        let block = block.split("```").next().unwrap();
+        if block.contains("kind: SecretProviderClass") {
+            sources.push((format!("README.md yaml block {i}"), block.to_owned()));
+        }
+    }
+    sources
+        .into_iter()
+        .flat_map(|(from, text)| {
+            cluster::yaml_documents(&text)
+                .into_iter()
+                .filter(|d| d["kind"] == "SecretProviderClass")
+                .map(move |d| (from.clone(), d))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crds_from_deploy_accept_every_documented_class_and_reject_a_malformed_one() {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _shared = cluster.shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("schema").await;
+    let classes = documented_classes();
+    assert!(classes.len() >= 10, "{} classes", classes.len());
+    for (from, mut class) in classes {
+        class["metadata"]["namespace"] = json!(ns);
+        cluster::try_apply(&client, &class)
+            .await
+            .unwrap_or_else(|e| panic!("{from}: {}: {e}", class["metadata"]["name"]));
+    }
+    // What the README says the API server answers.
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    for (spec, expected) in [
+        (
+            json!({"provider": "vault", "parameters": {"roleName": 5}}),
+            "spec.parameters.roleName: Invalid value: \"integer\"",
+        ),
+        (
+            json!({"provder": "vault"}),
+            "unknown field \"spec.provder\"",
+        ),
+    ] {
+        let bad = json!({
+            "apiVersion": GROUP_V1, "kind": "SecretProviderClass",
+            "metadata": {"name": "bad", "namespace": ns}, "spec": spec,
+        });
+        let path = format!("/apis/{GROUP_V1}/namespaces/{ns}/secretproviderclasses");
+        let message = cluster::create_strict(&client, &path, &bad)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains(expected), "{message}");
+        assert!(readme.contains(expected), "the README shows {expected:?}");
+    }
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csi_sanity_passes_against_the_node_socket() {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _shared = cluster.shared().await;
+    // Every spec that needs CreateVolume or a working Controller service: the driver, as
+    // upstream, serves inline ephemeral volumes only and registers an unimplemented
+    // Controller.
+    const SKIPPED: &[&str] = &[
+        "Controller Service",
+        "ListSnapshots",
+        "DeleteSnapshot",
+        "CreateSnapshot",
+        "ExpandVolume",
+        "should work",
+        "should be idempotent",
+        "should fail when the volume is missing",
+        "should fail when the node does not exist",
+        "NodeGetVolumeStats",
+        "should return appropriate values",
+        "Node Service NodeStageVolume",
+        "Node Service NodeUnstageVolume",
+        "ModifyVolume",
+        "should remove target path",
+    ];
+    let mount = cluster
+        .kubelet_root
+        .join("pods/sanity/volumes/kubernetes.io~csi/sanity/mount");
+    let staging = cluster
+        .kubelet_root
+        .join("pods/sanity/volumes/kubernetes.io~csi/staging/mount");
+    // csi-sanity creates the two directories themselves, not their parents.
+    for dir in [&mount, &staging] {
+        std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    }
+    let output = std::process::Command::new(cluster.bin().join("csi-sanity"))
+        .args([
+            format!("--csi.endpoint={}", cluster.driver_socket.display()),
+            format!("--csi.mountdir={}", mount.display()),
+            format!("--csi.stagingdir={}", staging.display()),
+            format!("--ginkgo.skip={}", SKIPPED.join("|")),
+            "--ginkgo.no-color".to_owned(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "csi-sanity failed:\n{text}");
+    let ran = text
+        .lines()
+        .find(|l| l.contains("Ran ") && l.contains(" Specs"))
+        .unwrap_or_default()
+        .to_owned();
+    eprintln!("csi-sanity: {ran}");
+    assert!(!ran.starts_with("Ran 0 "), "{text}");
+}

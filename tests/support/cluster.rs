@@ -70,6 +70,8 @@ pub struct Cluster {
     pub local_root: PathBuf,
     /// The driver's metrics port.
     pub metrics_port: u16,
+    /// The port the driver's `--aws-endpoint-url` names, for a test's moto proxy.
+    pub aws_port: u16,
     driver_kubeconfig: PathBuf,
     driver_args: Mutex<Vec<String>>,
     driver: Mutex<Option<Tethered>>,
@@ -366,6 +368,7 @@ impl Cluster {
         std::fs::create_dir_all(&provider_dir).unwrap();
         std::fs::create_dir_all(&local_root).unwrap();
         let metrics_port = free_port();
+        let aws_port = free_port();
         let driver_args = vec![
             "node".to_owned(),
             format!("--endpoint=unix://{}", driver_socket.display()),
@@ -379,6 +382,8 @@ impl Cluster {
             "--enable-secret-rotation=true".to_owned(),
             "--rotation-poll-interval=2s".to_owned(),
             "--secret-sync-resync-interval=2s".to_owned(),
+            format!("--aws-endpoint-url=http://127.0.0.1:{aws_port}"),
+            "--aws-region=us-east-1".to_owned(),
             "-v=5".to_owned(),
         ];
         let driver = spawn("driver", Path::new(super::DRIVER), &driver_args, None);
@@ -407,6 +412,7 @@ impl Cluster {
             provider_dir,
             local_root,
             metrics_port,
+            aws_port,
             driver_kubeconfig,
             driver_args: Mutex::new(driver_args),
             driver: Mutex::new(Some(driver)),
@@ -528,6 +534,11 @@ impl Cluster {
         self.kubelet_root.join(format!(
             "pods/{uid}/volumes/kubernetes.io~csi/{volume}/mount"
         ))
+    }
+
+    /// Where the components are.
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     /// Stops the driver for good (tests that must see a driver missing).
@@ -694,6 +705,20 @@ pub async fn try_apply(client: &kube::Client, object: &Value) -> Result<Value, k
     )
     .await
     .map(|o| serde_json::to_value(o).unwrap())
+}
+
+/// Creates one object at the collection `path` (e.g. `/api/v1/namespaces/x/pods`) with strict
+/// field validation, as `kubectl apply` creates a new object.
+pub async fn create_strict(
+    client: &kube::Client,
+    path: &str,
+    object: &Value,
+) -> Result<Value, kube::Error> {
+    let request = http::Request::post(format!("{path}?fieldValidation=Strict"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(object).unwrap())
+        .unwrap();
+    client.request::<Value>(request).await
 }
 
 /// Merge-patches one object.

@@ -136,6 +136,11 @@ impl Drop for Moto {
 impl Moto {
     /// Starts moto and the proxy, or returns `None` (skip) when moto is not installed outside CI.
     pub async fn start() -> Option<Self> {
+        Self::start_proxy_on(0).await
+    }
+
+    /// The same with the proxy on `port` (a driver started earlier was told that URL).
+    pub async fn start_proxy_on(proxy_port: u16) -> Option<Self> {
         let Some(bin) = moto_binary() else {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -165,7 +170,9 @@ impl Moto {
         }
         let direct_url = format!("http://127.0.0.1:{port}");
         let recorder = Arc::new(Mutex::new(Recorder::default()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", proxy_port))
+            .await
+            .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Proxy {
             upstream: direct_url.clone(),

@@ -202,6 +202,22 @@ impl OpenBao {
         );
     }
 
+    /// Enables Kubernetes auth at `kubernetes/` against a real API server: its CA, and a
+    /// reviewer token allowed to create TokenReviews (system:auth-delegator).
+    pub fn enable_kubernetes_auth_with(&self, api_url: &str, ca_pem: &str, reviewer_jwt: &str) {
+        let ca = self.dir.path().join("kubernetes-ca.pem");
+        std::fs::write(&ca, ca_pem).unwrap();
+        self.bao(&["auth", "enable", "kubernetes"]);
+        self.bao(&[
+            "write",
+            "auth/kubernetes/config",
+            &format!("kubernetes_host={api_url}"),
+            &format!("kubernetes_ca_cert=@{}", ca.display()),
+            &format!("token_reviewer_jwt={reviewer_jwt}"),
+            "disable_local_ca_jwt=true",
+        ]);
+    }
+
     /// A Kubernetes auth role binding one service account to `policies`, audience `vault`.
     pub fn kubernetes_role(
         &self,
