@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::moto::Moto;
-use support::{Driver, FakeApiServer, Pod, ms, percentile, spc, unpublish};
+use support::{ApiServer, Driver, Pod, TestApi, ms, percentile, spc, unpublish};
 
 const GROUP: &str = "secrets-store.csi.x-k8s.io";
 const REGION: &str = "us-east-1";
@@ -32,7 +32,7 @@ fn pod(index: usize) -> Pod {
     pod
 }
 
-fn class(api: &FakeApiServer, name: &str, count: usize) {
+fn class(api: &dyn TestApi, name: &str, count: usize) {
     api.insert(
         GROUP,
         "secretproviderclasses",
@@ -62,7 +62,9 @@ async fn main() {
         )
         .await;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     api.insert(
         "",
         "serviceaccounts",
@@ -79,7 +81,7 @@ async fn main() {
 
 /// Every publish reads AWS (no shared reads), with the identity's credentials cached, as
 /// during rotation.
-async fn latency(api: &FakeApiServer, moto: &Moto, iterations: usize) {
+async fn latency(api: &dyn TestApi, moto: &Moto, iterations: usize) {
     let driver = Driver::start(
         api,
         &[
@@ -133,7 +135,7 @@ async fn latency(api: &FakeApiServer, moto: &Moto, iterations: usize) {
 
 /// Calls for one 50-object volume's first mount and a rotation with nothing changed, and for
 /// 50 pods of one service account starting within one read-sharing window.
-async fn calls(api: &FakeApiServer, moto: &Moto) {
+async fn calls(api: &dyn TestApi, moto: &Moto) {
     println!();
     println!("AWS API calls, one class of 50 Secrets Manager objects");
     println!("| case | STS | BatchGetSecretValue | GetSecretValue | total | ASCP's design |");

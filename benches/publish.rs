@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Driver, FakeApiServer, Pod, ms, percentile, spc, unpublish};
+use support::{ApiServer, Driver, Pod, TestApi, ms, percentile, spc, unpublish};
 
 const OBJECTS: usize = 50;
 const VOLUMES_FOR_RSS: usize = 250;
@@ -20,7 +20,9 @@ async fn main() {
     let Some(iterations) = support::bench_iterations("publish", 200) else {
         return;
     };
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &["-v=0"]).await;
     let mut source = String::new();
     for i in 0..OBJECTS {

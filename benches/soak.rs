@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde_json::json;
 use support::provider::{Behaviour, FakeProvider};
-use support::{Driver, FakeApiServer, Pod, mounts_under, spc, unpublish};
+use support::{ApiServer, Driver, Pod, TestApi, mounts_under, spc, unpublish};
 
 const GROUP: &str = "secrets-store.csi.x-k8s.io";
 
@@ -43,7 +43,7 @@ fn sample(driver: &Driver, at: &'static str, done: usize) -> Sample {
 /// cleanup is what could leak.
 async fn cycles(
     driver: &Driver,
-    api: &FakeApiServer,
+    api: &dyn TestApi,
     class: &str,
     cycles: usize,
 ) -> (Vec<Sample>, usize) {
@@ -77,7 +77,7 @@ async fn cycles(
 /// gives the backend a new value first.
 async fn rotations(
     driver: &Driver,
-    api: &FakeApiServer,
+    api: &dyn TestApi,
     class: &str,
     rotations: usize,
     mut change: impl FnMut(usize),
@@ -132,7 +132,9 @@ async fn main() {
         return;
     };
     let rotation_count = (n / 10).max(2);
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(
         &api,
         &[

@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Driver, FakeApiServer, Pod, ms, percentile, secret_data};
+use support::{ApiServer, Driver, Pod, TestApi, ms, percentile, secret_data};
 
 const GROUP: &str = "secrets-store.csi.x-k8s.io";
 const VOLUMES_FOR_RSS: usize = 250;
@@ -31,7 +31,7 @@ fn class(namespace: &str, secret: &str) -> Value {
     })
 }
 
-fn synced_value(api: &FakeApiServer, namespace: &str, name: &str) -> Option<Vec<u8>> {
+fn synced_value(api: &dyn TestApi, namespace: &str, name: &str) -> Option<Vec<u8>> {
     let secret = api.get("", "secrets", namespace, name)?;
     secret_data(&secret).remove("value")
 }
@@ -41,7 +41,9 @@ async fn main() {
     let Some(iterations) = support::bench_iterations("sync", 50) else {
         return;
     };
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let interval = format!("--rotation-poll-interval={}ms", INTERVAL.as_millis());
     let driver = Driver::start(&api, &["-v=0", "--enable-secret-rotation", &interval]).await;
     let source = driver.local_root.join("values.yaml");
@@ -88,12 +90,18 @@ async fn main() {
 
     // Memory: 250 pods, each in its own namespace with a class that syncs a Secret.
     let idle_rss = driver.rss_kib();
+    // The namespaces, classes and pods exist first (untimed), as on a node.
+    let pods: Vec<Pod> = (0..VOLUMES_FOR_RSS)
+        .map(|i| {
+            let namespace = format!("ns-{i:03}");
+            api.insert(GROUP, "secretproviderclasses", class(&namespace, "synced"));
+            let mut pod = Pod::new("app", &namespace);
+            pod.create_in(&api, "v", "app", None);
+            pod
+        })
+        .collect();
     let started = Instant::now();
-    for i in 0..VOLUMES_FOR_RSS {
-        let namespace = format!("ns-{i:03}");
-        api.insert(GROUP, "secretproviderclasses", class(&namespace, "synced"));
-        let mut pod = Pod::new("app", &namespace);
-        pod.create_in(&api, "v", "app", None);
+    for pod in &pods {
         let target = driver.target(&pod.uid, "v");
         node.node_publish_volume(pod.publish(&target, "app"))
             .await

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use support::openbao::OpenBao;
-use support::{Driver, FakeApiServer, Pod, ms, percentile, service_account, spc, unpublish};
+use support::{ApiServer, Driver, Pod, TestApi, ms, percentile, service_account, spc, unpublish};
 
 const GROUP: &str = "secrets-store.csi.x-k8s.io";
 const SIZES: [usize; 3] = [1, 10, 50];
@@ -67,7 +67,9 @@ async fn main() {
     let Some(iterations) = support::bench_iterations("vault", 100) else {
         return;
     };
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     service_account(&api, "team", "app-sa");
     let (Some(bao), Some(audited)) = (OpenBao::start_unaudited(), OpenBao::start()) else {
         println!("vault bench skipped: `bao` is not installed");
@@ -78,7 +80,7 @@ async fn main() {
 }
 
 /// Seeds `bao` with 50 KV secrets readable by role `app` (service account team/app-sa).
-fn seed(api: &FakeApiServer, bao: &OpenBao) {
+fn seed(api: &ApiServer, bao: &OpenBao) {
     for i in 0..SIZES[2] {
         bao.bao(&[
             "kv",
@@ -91,13 +93,20 @@ fn seed(api: &FakeApiServer, bao: &OpenBao) {
         "app",
         r#"path "secret/data/bench/*" { capabilities = ["read"] }"#,
     );
-    bao.enable_kubernetes_auth(&api.url);
+    bao.enable_kubernetes_auth_in(
+        None,
+        &support::openbao::KubernetesAuth {
+            url: api.url(),
+            ca_pem: api.ca_pem().to_owned(),
+            reviewer_jwt: api.reviewer_token(),
+        },
+    );
     bao.kubernetes_role("app", "team", "app-sa", "app");
 }
 
 /// Every publish reads Vault (no shared reads), with the workload's token cached, as during
 /// rotation.
-async fn latency(api: &FakeApiServer, bao: &OpenBao, iterations: usize) {
+async fn latency(api: &ApiServer, bao: &OpenBao, iterations: usize) {
     seed(api, bao);
     let token = bao.bao(&["token", "create", "-policy=app", "-field=token"]);
     let driver = Driver::start(
@@ -164,7 +173,7 @@ async fn latency(api: &FakeApiServer, bao: &OpenBao, iterations: usize) {
 
 /// 50 pods of one service account mount the same 5-object class, ten at a time, within one
 /// rotation window; OpenBao's audit log counts what arrives.
-async fn backend_load(api: &FakeApiServer, bao: &OpenBao) {
+async fn backend_load(api: &ApiServer, bao: &OpenBao) {
     seed(api, bao);
     println!();
     println!(

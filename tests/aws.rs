@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::moto::{self, Fault, Moto};
-use support::{Driver, FakeApiServer, Pod, files, mounts_under, read_tree, unpublish};
+use support::{ApiServer, Driver, Pod, TestApi, files, mounts_under, read_tree, unpublish};
 
 const GROUP: &str = "secrets-store.csi.x-k8s.io";
 const REGION: &str = "us-east-1";
@@ -96,7 +96,7 @@ fn example(file: &str) -> Value {
 }
 
 /// Service account `team/<name>`, annotated with the IRSA role when `role` is set.
-fn service_account(api: &FakeApiServer, name: &str, role: Option<&str>) {
+fn service_account(api: &dyn TestApi, name: &str, role: Option<&str>) {
     let mut account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": {"name": name, "namespace": "team"}});
     if let Some(role) = role {
@@ -105,13 +105,15 @@ fn service_account(api: &FakeApiServer, name: &str, role: Option<&str>) {
     api.insert("", "serviceaccounts", account);
 }
 
-fn pod(name: &str, service_account: &str) -> Pod {
+/// A pod of `team` running as `service_account`, stored in the API server.
+fn pod(api: &dyn TestApi, name: &str, service_account: &str) -> Pod {
     let mut pod = Pod::new(name, "team");
     pod.service_account = service_account.to_owned();
+    pod.register(api, "app-aws");
     pod
 }
 
-async fn driver(api: &FakeApiServer, moto: &Moto, extra: &[&str]) -> Driver {
+async fn driver(api: &dyn TestApi, moto: &Moto, extra: &[&str]) -> Driver {
     let endpoint = format!("--aws-endpoint-url={}", moto.url);
     let mut args = vec![endpoint.as_str()];
     args.extend_from_slice(extra);
@@ -122,7 +124,7 @@ fn text(files: &BTreeMap<String, (Vec<u8>, u32)>, name: &str) -> String {
     String::from_utf8(files[name].0.clone()).unwrap_or_else(|_| panic!("{name} is not text"))
 }
 
-fn versions_of(api: &FakeApiServer, pod: &str) -> BTreeMap<String, String> {
+fn versions_of(api: &dyn TestApi, pod: &str) -> BTreeMap<String, String> {
     let status = api
         .list(GROUP, "secretproviderclasspodstatuses")
         .into_iter()
@@ -154,12 +156,14 @@ async fn the_irsa_example_mounts_every_kind_of_object_with_few_calls() {
         return;
     };
     fixtures(&moto).await;
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     service_account(&api, "app-sa", Some(ROLE));
     api.insert(GROUP, "secretproviderclasses", example("aws.yaml"));
     let driver = driver(&api, &moto, &[]).await;
 
-    let app = pod("web-1", "app-sa");
+    let app = pod(&api, "web-1", "app-sa");
     let target = driver.target(&app.uid, "secrets");
     let request = app.publish_with_tokens(&target, "app-aws", &api, &["sts.amazonaws.com"]);
     let token = token_of(&request, "sts.amazonaws.com");
@@ -204,7 +208,7 @@ async fn the_irsa_example_mounts_every_kind_of_object_with_few_calls() {
     assert_eq!(moto.calls().len(), 5);
 
     // A second pod of the same identity shares the credentials and the reads.
-    let again = pod("web-2", "app-sa");
+    let again = pod(&api, "web-2", "app-sa");
     let target2 = driver.target(&again.uid, "secrets");
     driver
         .node()
@@ -221,7 +225,7 @@ async fn the_irsa_example_mounts_every_kind_of_object_with_few_calls() {
 
     // Another service account with the same role is another identity: its own STS call.
     service_account(&api, "other-sa", Some(ROLE));
-    let other = pod("batch-1", "other-sa");
+    let other = pod(&api, "batch-1", "other-sa");
     let target3 = driver.target(&other.uid, "secrets");
     driver
         .node()
@@ -294,7 +298,9 @@ async fn pod_identity_and_failover_only_on_server_errors() {
         return;
     };
     fixtures(&moto).await;
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     service_account(&api, "app-sa", None);
     api.insert(
         GROUP,
@@ -302,7 +308,7 @@ async fn pod_identity_and_failover_only_on_server_errors() {
         example("aws-pod-identity.yaml"),
     );
 
-    let app = pod("web-1", "app-sa");
+    let app = pod(&api, "web-1", "app-sa");
     let tokens = app.tokens(&api, &["pods.eks.amazonaws.com"]);
     let token = serde_json::from_str::<Value>(&tokens).unwrap()["pods.eks.amazonaws.com"]["token"]
         .as_str()
@@ -454,7 +460,9 @@ async fn rotation_rereads_only_what_can_change_and_backs_off_when_throttled() {
         return;
     };
     fixtures(&moto).await;
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     service_account(&api, "app-sa", Some(ROLE));
     let objects = r#"
 - {objectName: prod/app/db, objectType: secretsmanager, objectAlias: db.json}
@@ -484,7 +492,7 @@ async fn rotation_rereads_only_what_can_change_and_backs_off_when_throttled() {
         ],
     )
     .await;
-    let app = pod("web-1", "app-sa");
+    let app = pod(&api, "web-1", "app-sa");
     let target = driver.target(&app.uid, "secrets");
     let publish = || app.publish_with_tokens(&target, "rotating", &api, &["sts.amazonaws.com"]);
 
@@ -568,7 +576,9 @@ async fn every_failure_has_its_code_and_message_and_leaves_nothing_behind() {
     fixtures(&moto).await;
     moto.create_secret(REGION, "plain", "not json at all: plain-value-2b7c")
         .await;
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     service_account(&api, "app-sa", Some(ROLE));
     service_account(&api, "no-role", None);
     let driver = driver(&api, &moto, &[]).await;
@@ -695,7 +705,7 @@ async fn every_failure_has_its_code_and_message_and_leaves_nothing_behind() {
             "secretproviderclasses",
             support::spc("team", name, "aws", parameters),
         );
-        let app = pod(&format!("pod-{name}"), account);
+        let app = pod(&api, &format!("pod-{name}"), account);
         let target = driver.target(&app.uid, "secrets");
         let err = driver
             .node()
@@ -723,7 +733,7 @@ async fn every_failure_has_its_code_and_message_and_leaves_nothing_behind() {
             json!({"region": REGION, "objects": sm("")}),
         ),
     );
-    let app = pod("pod-no-token", "app-sa");
+    let app = pod(&api, "pod-no-token", "app-sa");
     let target = driver.target(&app.uid, "secrets");
     let err = driver
         .node()
@@ -754,7 +764,7 @@ async fn every_failure_has_its_code_and_message_and_leaves_nothing_behind() {
             json!({"objects": sm(", objectAlias: db.json")}),
         ),
     );
-    let app = pod("pod-node-region", "app-sa");
+    let app = pod(&api, "pod-node-region", "app-sa");
     let target = driver.target(&app.uid, "secrets");
     driver
         .node()
@@ -785,7 +795,9 @@ async fn the_socket_served_provider_gives_the_same_files_as_the_built_in() {
         return;
     };
     fixtures(&moto).await;
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     service_account(&api, "app-sa", Some(ROLE));
     api.insert(GROUP, "secretproviderclasses", example("aws.yaml"));
     let in_process = driver(&api, &moto, &[]).await;
@@ -798,7 +810,7 @@ async fn the_socket_served_provider_gives_the_same_files_as_the_built_in() {
 
     let mut trees = Vec::new();
     for (driver, name) in [(&in_process, "web-1"), (&via_socket, "web-2")] {
-        let app = pod(name, "app-sa");
+        let app = pod(&api, name, "app-sa");
         let target = driver.target(&app.uid, "secrets");
         driver
             .node()

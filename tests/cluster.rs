@@ -513,7 +513,14 @@ async fn vault_logs_in_with_the_token_kubelet_requested_through_the_real_token_r
         "app",
         r#"path "secret/data/app" { capabilities = ["read"] }"#,
     );
-    bao.enable_kubernetes_auth_with(&cluster.api_url, &cluster.ca_pem, &reviewer);
+    bao.enable_kubernetes_auth_in(
+        None,
+        &support::openbao::KubernetesAuth {
+            url: cluster.api_url.clone(),
+            ca_pem: cluster.ca_pem.clone(),
+            reviewer_jwt: reviewer,
+        },
+    );
     bao.kubernetes_role("app", &ns, "app-sa", "app");
     cluster::apply(&client, service_account(&ns, "app-sa", json!({}))).await;
     cluster::apply(

@@ -10,7 +10,7 @@ use secrets_store_csi_driver::proto::csi::v1 as csi;
 use serde_json::json;
 use support::provider::{Behaviour, FakeProvider};
 use support::{
-    Driver, FakeApiServer, NODE, Pod, mount_line, mounts_under, read_tree, spc, unpublish,
+    ApiServer, Driver, NODE, Pod, TestApi as _, mount_line, mounts_under, read_tree, spc, unpublish,
 };
 use tonic::Code;
 
@@ -20,8 +20,8 @@ const SECRET_B: &str = "value-of-nested-91c2";
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.token-body-5521";
 
 /// A driver with a local-provider SPC `app` in namespace `team` serving two objects.
-async fn local_setup() -> (FakeApiServer, Driver) {
-    let api = FakeApiServer::start().await;
+async fn local_setup() -> Option<(ApiServer, Driver)> {
+    let api = ApiServer::start().await?;
     let driver = Driver::start(&api, &[]).await;
     std::fs::write(
         driver.local_root.join("secrets.yaml"),
@@ -39,7 +39,7 @@ async fn local_setup() -> (FakeApiServer, Driver) {
             json!({"source": "secrets.yaml", "objects": objects}),
         ),
     );
-    (api, driver)
+    Some((api, driver))
 }
 
 /// A provider answering one file `a` holding `SECRET_A`, after `delay`.
@@ -57,8 +57,8 @@ async fn provider_setup(
     provider: &str,
     class: &str,
     behaviour: Behaviour,
-) -> (FakeApiServer, Driver, FakeProvider) {
-    let api = FakeApiServer::start().await;
+) -> Option<(ApiServer, Driver, FakeProvider)> {
+    let api = ApiServer::start().await?;
     let driver = Driver::start(&api, &[]).await;
     let fake = FakeProvider::start(&driver.provider_dir, provider, behaviour).await;
     api.insert(
@@ -66,7 +66,7 @@ async fn provider_setup(
         "secretproviderclasses",
         spc("ns", class, provider, json!({"k": "v"})),
     );
-    (api, driver, fake)
+    Some((api, driver, fake))
 }
 
 fn assert_clean(driver: &Driver, target: &Path) {
@@ -80,7 +80,9 @@ fn assert_clean(driver: &Driver, target: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_controller_and_node_info_answer_as_upstream() {
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &[]).await;
     let info = driver
         .identity()
@@ -180,7 +182,9 @@ async fn publish_mounts_tmpfs_writes_files_records_status_and_unpublish_cleans_u
     if !support::require_root() {
         return;
     }
-    let (api, driver) = local_setup().await;
+    let Some((api, driver)) = local_setup().await else {
+        return;
+    };
     let pod = Pod::new("web-1", "team");
     let target = driver.target(&pod.uid, "secrets");
     let mut node = driver.node();
@@ -281,7 +285,9 @@ async fn external_providers_get_upstream_attributes_and_their_files_are_written_
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &[]).await;
     let behaviour = Behaviour {
         files: vec![
@@ -398,7 +404,9 @@ async fn every_bad_input_fails_with_its_code_and_leaves_nothing_behind() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &["--max-call-recv-msg-size=2048"]).await;
     let provider = FakeProvider::start(&driver.provider_dir, "fake", Behaviour::default()).await;
     // A socket file nobody listens on: the provider's pod is down.
@@ -546,8 +554,11 @@ async fn a_provider_slower_than_the_deadline_fails_the_call_and_the_mount_is_und
     if !support::require_root() {
         return;
     }
-    let (_api, driver, _provider) =
-        provider_setup("slow", "slow", one_file(Duration::from_secs(3))).await;
+    let Some((_api, driver, _provider)) =
+        provider_setup("slow", "slow", one_file(Duration::from_secs(3))).await
+    else {
+        return;
+    };
     let pod = Pod::new("p", "ns");
     let target = driver.target(&pod.uid, "v");
     let mut request = tonic::Request::new(pod.publish(&target, "slow"));
@@ -576,8 +587,11 @@ async fn concurrent_calls_on_one_target_are_aborted_and_many_targets_publish_in_
     if !support::require_root() {
         return;
     }
-    let (_api, driver, provider) =
-        provider_setup("fake", "c", one_file(Duration::from_millis(700))).await;
+    let Some((_api, driver, provider)) =
+        provider_setup("fake", "c", one_file(Duration::from_millis(700))).await
+    else {
+        return;
+    };
     let pod = Pod::new("p", "ns");
     let target = driver.target(&pod.uid, "v");
     let mut first_client = driver.node();
@@ -636,8 +650,24 @@ async fn v1alpha1_classes_mount_with_a_deprecation_warning_and_foreign_node_stat
     if !support::require_root() {
         return;
     }
-    let (api, driver) = local_setup().await;
-    api.set_versions(GROUP, "secretproviderclasses", vec!["v1alpha1"]);
+    let Some((api, driver)) = local_setup().await else {
+        return;
+    };
+    // An old CRD: the class is served as v1alpha1 only.
+    let crd = "secretproviderclasses.secrets-store.csi.x-k8s.io";
+    let mut definition = api
+        .get("apiextensions.k8s.io", "customresourcedefinitions", "", crd)
+        .unwrap();
+    for version in definition["spec"]["versions"].as_array_mut().unwrap() {
+        version["served"] = json!(version["name"] == "v1alpha1");
+    }
+    api.patch(
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        "",
+        crd,
+        &json!({"spec": {"versions": definition["spec"]["versions"]}}),
+    );
     let pod = Pod::new("sts-0", "team");
     api.insert(
         GROUP,
@@ -691,7 +721,9 @@ async fn the_local_provider_is_off_without_a_root_and_jailed_with_one() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("s.yaml"), format!("a: {SECRET_A}\n")).unwrap();
     let driver = Driver::start(&api, &[]).await;
@@ -723,8 +755,11 @@ async fn sigterm_lets_an_in_flight_publish_finish_and_removes_the_socket() {
     if !support::require_root() {
         return;
     }
-    let (_api, mut driver, _provider) =
-        provider_setup("fake", "c", one_file(Duration::from_millis(800))).await;
+    let Some((_api, mut driver, _provider)) =
+        provider_setup("fake", "c", one_file(Duration::from_millis(800))).await
+    else {
+        return;
+    };
     let pod = Pod::new("p", "ns");
     let target = driver.target(&pod.uid, "v");
     let mut node = driver.node();

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use support::moto::Moto;
 use support::provider::{Behaviour, FakeProvider};
 use support::{
-    Driver, FakeApiServer, Pod, eventually, mount_line, mounts_under, pod_events, secret_data,
+    ApiServer, Driver, Pod, TestApi, eventually, mount_line, mounts_under, pod_events, secret_data,
     service_account, spc, unpublish,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -26,7 +26,7 @@ const OWN_SECRET: &str = "own-value-7b2c";
 const WAIT: Duration = Duration::from_secs(15);
 
 /// A local-provider class `name` in `namespace` mounting `alpha` from `source`.
-fn local_class(api: &FakeApiServer, namespace: &str, name: &str, source: &str, objects: &str) {
+fn local_class(api: &dyn TestApi, namespace: &str, name: &str, source: &str, objects: &str) {
     api.insert(
         GROUP,
         "secretproviderclasses",
@@ -40,7 +40,7 @@ fn local_class(api: &FakeApiServer, namespace: &str, name: &str, source: &str, o
 }
 
 /// Publishes a healthy local volume: the driver still serves other pods.
-async fn assert_still_serving(driver: &Driver, api: &FakeApiServer) {
+async fn assert_still_serving(driver: &Driver, api: &dyn TestApi) {
     std::fs::write(driver.local_root.join("healthy.yaml"), "ok: fine\n").unwrap();
     local_class(
         api,
@@ -82,7 +82,9 @@ async fn a_deeply_nested_jmes_path_is_refused_and_the_driver_keeps_serving() {
     };
     moto.create_secret("us-east-1", "db", r#"{"password":"pw"}"#)
         .await;
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &[&format!("--aws-endpoint-url={}", moto.url)]).await;
     // IRSA through moto's STS: the secret would be read, then the expression evaluated.
     api.insert(
@@ -206,7 +208,9 @@ async fn a_hostile_vault_cannot_exhaust_the_drivers_memory_and_pods_cannot_redir
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &[]).await;
     service_account(&api, "team", "app");
     let objects: String = (0..8)
@@ -311,7 +315,9 @@ async fn an_oversized_aws_volume_is_refused_with_the_limit_named() {
         moto.create_secret("us-east-1", &format!("big{i}"), &big)
             .await;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(
         &api,
         &[
@@ -368,7 +374,9 @@ async fn a_class_cannot_read_tls_files_from_another_pods_volume() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let tls_dir = tempfile::tempdir().unwrap();
     let allowed = format!("--vault-tls-allowed-dirs={}", tls_dir.path().display());
     let driver = Driver::start(&api, &[&allowed]).await;
@@ -464,7 +472,9 @@ async fn an_edited_status_target_path_never_syncs_another_namespaces_volume() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &["--secret-sync-resync-interval=1s"]).await;
     std::fs::write(
         driver.local_root.join("secrets.yaml"),
@@ -561,7 +571,9 @@ async fn a_tmpfs_left_by_an_interrupted_first_mount_is_never_reported_published(
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &[]).await;
     std::fs::write(
         driver.local_root.join("s.yaml"),
@@ -614,7 +626,9 @@ async fn deep_aliases_and_symlink_loops_fail_cleanly_and_later_fetches_still_wor
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &[]).await;
     std::fs::write(
         driver.local_root.join("s.yaml"),
@@ -662,7 +676,9 @@ async fn unpublish_deletes_nothing_it_did_not_write_and_only_below_the_kubelet_r
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &[]).await;
     let precious = driver.dir.path().join("precious");
     std::fs::create_dir_all(precious.join("mount")).unwrap();
@@ -730,7 +746,9 @@ async fn a_synced_secret_with_a_forged_future_content_time_is_repaired() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &["--secret-sync-resync-interval=1s"]).await;
     std::fs::write(
         driver.local_root.join("s.yaml"),
@@ -788,7 +806,9 @@ async fn plugin_error_codes_cannot_grow_the_metrics_and_bad_deadlines_are_ignore
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &[]).await;
     let fake = FakeProvider::start(&driver.provider_dir, "fake", Behaviour::default()).await;
     api.insert(
@@ -837,7 +857,9 @@ async fn rust_log_error_shows_no_dependency_debug_output() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start_with_env(&api, &[], &[("RUST_LOG", "error")]).await;
     std::fs::write(driver.local_root.join("s.yaml"), "a: b\n").unwrap();
     local_class(&api, "ns", "c", "s.yaml", "- objectName: a\n");
@@ -860,7 +882,9 @@ async fn a_rotation_failure_after_its_event_expired_is_still_reported() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(
         &api,
         &["--enable-secret-rotation", "--rotation-poll-interval=1ms"],
@@ -893,7 +917,7 @@ async fn a_rotation_failure_after_its_event_expired_is_still_reported() {
         versions: vec![("a".into(), "1".into())],
         ..Default::default()
     });
-    let failures = |api: &FakeApiServer| -> Vec<Value> {
+    let failures = |api: &dyn TestApi| -> Vec<Value> {
         api.list("", "events")
             .into_iter()
             .filter(|e| e["reason"] == "MountRotationFailed")

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use support::provider::{Behaviour, FakeProvider};
 use support::{
-    Driver, FakeApiServer, Pod, eventually, pem, pod_events, read_tree, secret_data, workload,
+    ApiServer, Driver, Pod, TestApi, eventually, pem, pod_events, read_tree, secret_data, workload,
 };
 
 const GROUP: &str = "secrets-store.csi.x-k8s.io";
@@ -62,7 +62,7 @@ fn write_source(driver: &Driver, alpha: &str) {
     .unwrap();
 }
 
-fn secret(api: &FakeApiServer, namespace: &str, name: &str) -> Option<Value> {
+fn secret(api: &dyn TestApi, namespace: &str, name: &str) -> Option<Value> {
     api.get("", "secrets", namespace, name)
 }
 
@@ -91,7 +91,9 @@ async fn secret_objects_sync_owned_by_the_pods_controller_and_bad_entries_fail_a
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &["--secret-sync-resync-interval=1s"]).await;
     let (bundle, chain) = tls_bundle();
     let indented: String = bundle.lines().map(|l| format!("  {l}\n")).collect();
@@ -260,7 +262,9 @@ async fn shared_secrets_keep_one_owner_per_workload_until_garbage_collection() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(&api, &[]).await;
     write_source(&driver, ALPHA);
     let sync = json!([{"secretName": "shared", "type": "Opaque",
@@ -301,22 +305,28 @@ async fn shared_secrets_keep_one_owner_per_workload_until_garbage_collection() {
     })
     .await;
 
-    // Deleting one Deployment's ReplicaSet: the garbage collector strips its reference.
+    // Deleting one Deployment's ReplicaSet: the garbage collector strips its reference (and
+    // deletes its pods, which stay Terminating without a kubelet to confirm).
     api.delete("apps", "replicasets", "team", "a-1");
-    assert!(
-        api.get("", "pods", "team", "a-1-x").is_none(),
-        "pods go with their ReplicaSet"
-    );
-    let left = owner_uids(&secret(&api, "team", "shared").unwrap());
-    assert_eq!(left, [rs_b["metadata"]["uid"].as_str().unwrap()]);
+    eventually(WAIT, "the pod deleted with its ReplicaSet", || {
+        let pod = api.get("", "pods", "team", "a-1-x");
+        pod.is_none_or(|p| !p["metadata"]["deletionTimestamp"].is_null())
+            .then_some(())
+    })
+    .await;
+    let only_b = [rs_b["metadata"]["uid"].as_str().unwrap().to_owned()];
+    eventually(WAIT, "one owner left", || {
+        secret(&api, "team", "shared").filter(|s| owner_uids(s) == only_b)
+    })
+    .await;
     // The driver does not put the dead owner back on its periodic or event-driven passes.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(owner_uids(&secret(&api, "team", "shared").unwrap()), left);
+    assert_eq!(owner_uids(&secret(&api, "team", "shared").unwrap()), only_b);
     api.delete("apps", "replicasets", "team", "b-1");
-    assert!(
-        secret(&api, "team", "shared").is_none(),
-        "collected with its last owner"
-    );
+    eventually(WAIT, "the Secret collected with its last owner", || {
+        secret(&api, "team", "shared").is_none().then_some(())
+    })
+    .await;
 
     // A bare pod's Secret is owned by the status record, which the pod owns.
     let mut bare = Pod::new("bare", "team");
@@ -328,17 +338,26 @@ async fn shared_secrets_keep_one_owner_per_workload_until_garbage_collection() {
     assert_eq!(owners[0]["kind"], "SecretProviderClassPodStatus");
     assert_eq!(owners[0]["apiVersion"], "secrets-store.csi.x-k8s.io/v1");
     assert_eq!(owners[0]["name"], "bare-team-solo");
-    api.delete("", "pods", "team", "bare");
-    assert!(
-        api.get(
-            GROUP,
-            "secretproviderclasspodstatuses",
-            "team",
-            "bare-team-solo"
-        )
-        .is_none()
-    );
-    assert!(secret(&api, "team", "solo").is_none());
+    // Without a kubelet the pod is removed at once (grace period 0), as kubelet would confirm.
+    let client = api.client();
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, "team");
+    pods.delete("bare", &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eventually(
+        WAIT,
+        "the record and its Secret collected with the pod",
+        || {
+            let record = api.get(
+                GROUP,
+                "secretproviderclasspodstatuses",
+                "team",
+                "bare-team-solo",
+            );
+            (record.is_none() && secret(&api, "team", "solo").is_none()).then_some(())
+        },
+    )
+    .await;
     driver.assert_logs_free_of(&[ALPHA]);
 }
 
@@ -347,8 +366,16 @@ async fn without_secret_rbac_mounts_work_and_one_warning_names_the_fix() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
-    api.deny("", "secrets");
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    // deploy/ without its sync role binding: the real RBAC answers 403.
+    api.delete(
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        "",
+        "secretprovidersyncing-rolebinding",
+    );
     let driver = Driver::start(&api, &[]).await;
     write_source(&driver, ALPHA);
     api.insert(
@@ -388,7 +415,7 @@ async fn without_secret_rbac_mounts_work_and_one_warning_names_the_fix() {
     assert!(logs.contains("secretprovidersyncing-role"), "{logs}");
 }
 
-fn status_of(api: &FakeApiServer, pod: &Pod, class: &str) -> Value {
+fn status_of(api: &dyn TestApi, pod: &Pod, class: &str) -> Value {
     api.get(
         GROUP,
         "secretproviderclasspodstatuses",
@@ -418,7 +445,9 @@ async fn rotation_follows_the_interval_updates_files_secrets_and_versions_and_fa
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let driver = Driver::start(
         &api,
         &["--enable-secret-rotation", "--rotation-poll-interval=1h"],
@@ -544,7 +573,9 @@ async fn a_driver_killed_mid_rotation_restarts_with_files_and_secrets_consistent
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let mut driver = Driver::start(
         &api,
         &["--enable-secret-rotation", "--rotation-poll-interval=1s"],
@@ -640,7 +671,11 @@ async fn a_changed_synced_value_rolls_out_the_owning_deployment_when_asked() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    // What the chart grants with the value that turns the rollout on.
+    api.apply_chart_rbac(&json!({"syncSecret": {"enabled": true, "rolloutOnChange": true}}));
     let driver = Driver::start(
         &api,
         &[
@@ -675,7 +710,7 @@ async fn a_changed_synced_value_rolls_out_the_owning_deployment_when_asked() {
     pod.create_in(&api, "v", "app", Some(("ReplicaSet", &rs)));
     publish(&driver, &pod, "v", "app").await;
     eventually(WAIT, "env synced", || secret(&api, "team", "env")).await;
-    let annotation = |api: &FakeApiServer| {
+    let annotation = |api: &dyn TestApi| {
         api.get("apps", "deployments", "team", "web").unwrap()["spec"]["template"]["metadata"]
             ["annotations"]["secrets-store.csi.k8s.io/restartedAt"]
             .as_str()

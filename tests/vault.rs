@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use support::openbao::{OpenBao, ROOT_TOKEN};
+use support::openbao::{KubernetesAuth, OpenBao, ROOT_TOKEN};
 use support::{
-    Driver, FakeApiServer, Pod, files, mount_line, mounts_under, service_account, spc, unpublish,
+    ApiServer, Driver, Pod, TestApi, files, mount_line, mounts_under, service_account, spc,
+    unpublish,
 };
 use tonic::Code;
 
@@ -25,13 +26,13 @@ const OTHER: &str = "other-teams-secret-0d9f";
 
 /// OpenBao with KV v1 (`kv/`) and v2 (`secret/`) data, Kubernetes auth against `api`, a role
 /// `app` for `team/app-sa` and a role `other` for `team/other-sa`, each reading its own paths.
-fn openbao(api: &FakeApiServer) -> Option<OpenBao> {
+fn openbao(api: &ApiServer) -> Option<OpenBao> {
     let bao = OpenBao::start()?;
     configure(&bao, api);
     Some(bao)
 }
 
-fn configure(bao: &OpenBao, api: &FakeApiServer) {
+fn configure(bao: &OpenBao, api: &ApiServer) {
     service_account(api, "team", "app-sa");
     service_account(api, "team", "other-sa");
     bao.bao(&["secrets", "enable", "-path=kv", "-version=1", "kv"]);
@@ -85,14 +86,24 @@ fn configure(bao: &OpenBao, api: &FakeApiServer) {
         "other",
         r#"path "secret/data/other" { capabilities = ["read"] }"#,
     );
-    bao.enable_kubernetes_auth(&api.url);
+    bao.enable_kubernetes_auth_in(None, &kubernetes_auth(api));
     bao.kubernetes_role("app", "team", "app-sa", "app");
     bao.kubernetes_role("other", "team", "other-sa", "other");
 }
 
+/// How OpenBao's Kubernetes auth reaches the test's real API server: its URL and CA, and a
+/// reviewer token that may create TokenReviews.
+fn kubernetes_auth(api: &ApiServer) -> KubernetesAuth {
+    KubernetesAuth {
+        url: api.url(),
+        ca_pem: api.ca_pem().to_owned(),
+        reviewer_jwt: api.reviewer_token(),
+    }
+}
+
 /// JWT auth at `jwt/` trusting the fake API server's signing key, and role `app-jwt` for the
 /// subject team/app-sa with audience `custom-aud` (as in `examples/vault-jwt.yaml`).
-fn enable_jwt_auth(bao: &OpenBao, api: &FakeApiServer) {
+fn enable_jwt_auth(bao: &OpenBao, api: &dyn TestApi) {
     bao.bao(&["auth", "enable", "jwt"]);
     let key = bao.dir.path().join("sa.pub");
     std::fs::write(&key, api.token_public_key_pem()).unwrap();
@@ -113,9 +124,11 @@ fn enable_jwt_auth(bao: &OpenBao, api: &FakeApiServer) {
     ]);
 }
 
-fn pod(name: &str, service_account: &str) -> Pod {
+/// A pod of `team` running as `service_account`, stored in the API server.
+fn pod(api: &dyn TestApi, name: &str, service_account: &str) -> Pod {
     let mut pod = Pod::new(name, "team");
     pod.service_account = service_account.to_owned();
+    pod.register(api, "vault-app");
     pod
 }
 
@@ -130,7 +143,7 @@ fn example(file: &str, address: &str) -> Value {
 }
 
 /// Stores `examples/vault.yaml` (every KV output form) as class `name`.
-fn kv_class(api: &FakeApiServer, name: &str, address: &str) {
+fn kv_class(api: &dyn TestApi, name: &str, address: &str) {
     let mut class = example("vault.yaml", address);
     class["metadata"]["name"] = json!(name);
     api.insert(GROUP, "secretproviderclasses", class);
@@ -169,7 +182,9 @@ async fn kv_secrets_mount_through_the_csi_socket_with_kubernetes_auth() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let Some(bao) = openbao(&api) else { return };
     let key_file = tempfile::tempdir().unwrap();
     let key_arg = format!(
@@ -179,7 +194,7 @@ async fn kv_secrets_mount_through_the_csi_socket_with_kubernetes_auth() {
     let driver = Driver::start(&api, &[&key_arg]).await;
     kv_class(&api, "kv", &bao.addr);
 
-    let app = pod("web-1", "app-sa");
+    let app = pod(&api, "web-1", "app-sa");
     let target = driver.target(&app.uid, "secrets");
     let request = app.publish_with_tokens(&target, "kv", &api, &["vault"]);
     let tokens = request.volume_context["csi.storage.k8s.io/serviceAccount.tokens"].clone();
@@ -217,7 +232,7 @@ async fn kv_secrets_mount_through_the_csi_socket_with_kubernetes_auth() {
 
     // A restarted driver with the same key file reports the same versions for the same data.
     let second = Driver::start(&api, &[&key_arg]).await;
-    let again = pod("web-2", "app-sa");
+    let again = pod(&api, "web-2", "app-sa");
     let target2 = second.target(&again.uid, "secrets");
     second
         .node()
@@ -256,7 +271,9 @@ async fn pki_issue_splits_into_certificate_and_key_with_one_request() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let Some(bao) = openbao(&api) else { return };
     bao.bao(&["secrets", "enable", "pki"]);
     bao.bao(&[
@@ -288,7 +305,8 @@ async fn pki_issue_splits_into_certificate_and_key_with_one_request() {
     let mut certificates = Vec::new();
     let mut keys = Vec::new();
     for name in ["web-1", "web-2"] {
-        let mut app = pod(name, "app-sa");
+        let mut app = Pod::new(name, "team");
+        app.service_account = "app-sa".to_owned();
         app.create_in(&api, "tls", "tls", None);
         let target = driver.target(&app.uid, "tls");
         driver
@@ -347,7 +365,9 @@ async fn jwt_auth_logs_in_with_the_pods_token() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let Some(bao) = openbao(&api) else { return };
     enable_jwt_auth(&bao, &api);
     let driver = Driver::start(&api, &[&format!("--vault-address={}", bao.addr)]).await;
@@ -362,7 +382,7 @@ async fn jwt_auth_logs_in_with_the_pods_token() {
             json!({"roleName": "app-jwt", "vaultAuthMountPath": "jwt", "audience": "custom-aud", "objects": objects}),
         ),
     );
-    let app = pod("web-1", "app-sa");
+    let app = pod(&api, "web-1", "app-sa");
     let target = driver.target(&app.uid, "secrets");
     driver
         .node()
@@ -377,7 +397,7 @@ async fn jwt_auth_logs_in_with_the_pods_token() {
     assert_eq!(files(&target)["password"].0, PASSWORD_V2.as_bytes());
 
     // Another service account is refused by the role's bound subject.
-    let intruder = pod("evil", "other-sa");
+    let intruder = pod(&api, "evil", "other-sa");
     let target = driver.target(&intruder.uid, "secrets");
     let err = driver
         .node()
@@ -400,7 +420,9 @@ async fn every_failure_has_its_code_and_message_and_leaves_nothing_behind() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let Some(bao) = openbao(&api) else { return };
     let driver = Driver::start(&api, &[&format!("--vault-address={}", bao.addr)]).await;
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -501,7 +523,7 @@ async fn every_failure_has_its_code_and_message_and_leaves_nothing_behind() {
             "secretproviderclasses",
             spc("team", name, "vault", parameters),
         );
-        let app = pod(&format!("pod-{name}"), service_account);
+        let app = pod(&api, &format!("pod-{name}"), service_account);
         let target = driver.target(&app.uid, "secrets");
         let err = driver
             .node()
@@ -524,7 +546,9 @@ async fn pods_of_one_identity_share_one_login_and_one_read_per_object() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let Some(bao) = openbao(&api) else { return };
     let driver = Driver::start(&api, &[&format!("--vault-address={}", bao.addr)]).await;
     let objects = "- {objectName: a, secretPath: secret/data/app, secretKey: password}\n\
@@ -544,7 +568,7 @@ async fn pods_of_one_identity_share_one_login_and_one_read_per_object() {
     );
     let mark = bao.requests().len();
     let publishes = (0..10).map(|i| {
-        let app = pod(&format!("web-{i}"), "app-sa");
+        let app = pod(&api, &format!("web-{i}"), "app-sa");
         let target = driver.target(&app.uid, "secrets");
         let request = app.publish_with_tokens(&target, "five", &api, &["vault"]);
         let mut node = driver.node();
@@ -566,7 +590,7 @@ async fn pods_of_one_identity_share_one_login_and_one_read_per_object() {
     );
 
     // A pod that kubelet gave no token for the audience gets nothing from the shared cache.
-    let tokenless = pod("web-no-token", "app-sa");
+    let tokenless = pod(&api, "web-no-token", "app-sa");
     let target = driver.target(&tokenless.uid, "secrets");
     let err = driver
         .node()
@@ -577,7 +601,7 @@ async fn pods_of_one_identity_share_one_login_and_one_read_per_object() {
     assert!(!target.exists());
 
     // Another identity never reuses that token or those reads.
-    let other = pod("other-1", "other-sa");
+    let other = pod(&api, "other-1", "other-sa");
     api.insert(
         GROUP,
         "secretproviderclasses",
@@ -589,7 +613,7 @@ async fn pods_of_one_identity_share_one_login_and_one_read_per_object() {
         .node_publish_volume(other.publish_with_tokens(&target, "mine", &api, &["vault"]))
         .await
         .unwrap();
-    let denied = pod("other-2", "other-sa");
+    let denied = pod(&api, "other-2", "other-sa");
     let target = driver.target(&denied.uid, "secrets");
     let err = driver
         .node()
@@ -610,7 +634,9 @@ async fn a_revoked_cached_token_is_replaced_by_one_fresh_login() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let Some(bao) = openbao(&api) else { return };
     let driver = Driver::start(
         &api,
@@ -622,7 +648,7 @@ async fn a_revoked_cached_token_is_replaced_by_one_fresh_login() {
     .await;
     kv_class(&api, "kv", &bao.addr);
     let publish = |name: &str| {
-        let app = pod(name, "app-sa");
+        let app = pod(&api, name, "app-sa");
         let target = driver.target(&app.uid, "secrets");
         (
             app.publish_with_tokens(&target, "kv", &api, &["vault"]),
@@ -654,7 +680,9 @@ async fn rotation_follows_changed_values_and_keeps_the_files_when_vault_is_down(
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let Some(mut bao) = openbao(&api) else { return };
     let driver = Driver::start(
         &api,
@@ -666,14 +694,14 @@ async fn rotation_follows_changed_values_and_keeps_the_files_when_vault_is_down(
     )
     .await;
     kv_class(&api, "kv", &bao.addr);
-    let app = pod("web-1", "app-sa");
+    let app = pod(&api, "web-1", "app-sa");
     let target = driver.target(&app.uid, "secrets");
     driver
         .node()
         .node_publish_volume(app.publish_with_tokens(&target, "kv", &api, &["vault"]))
         .await
         .unwrap();
-    let status = |api: &FakeApiServer| {
+    let status = |api: &dyn TestApi| {
         versions_of(
             &api.list(GROUP, "secretproviderclasspodstatuses")
                 .pop()
@@ -724,7 +752,9 @@ async fn a_token_is_renewed_before_it_expires_instead_of_logging_in_again() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let Some(bao) = openbao(&api) else { return };
     bao.bao(&[
         "write",
@@ -742,7 +772,7 @@ async fn a_token_is_renewed_before_it_expires_instead_of_logging_in_again() {
     for (name, wait) in [("web-1", 0), ("web-2", 4500), ("web-3", 0)] {
         // Past two thirds of the 6 s TTL, the next mount renews the token.
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        let app = pod(name, "app-sa");
+        let app = pod(&api, name, "app-sa");
         let target = driver.target(&app.uid, "secrets");
         driver
             .node()
@@ -762,7 +792,9 @@ async fn tls_is_verified_against_the_configured_ca_and_server_name() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let Some(bao) = OpenBao::start_tls() else {
         return;
     };
@@ -817,7 +849,7 @@ async fn tls_is_verified_against_the_configured_ca_and_server_name() {
             "secretproviderclasses",
             spc("team", name, "vault", parameters),
         );
-        let app = pod(&format!("pod-{name}"), "app-sa");
+        let app = pod(&api, &format!("pod-{name}"), "app-sa");
         let target = driver.target(&app.uid, "secrets");
         let result = driver
             .node()
@@ -843,7 +875,9 @@ async fn the_socket_served_provider_gives_the_same_files_as_the_built_in() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let Some(bao) = openbao(&api) else { return };
     let key_dir = tempfile::tempdir().unwrap();
     let key_arg = format!(
@@ -859,7 +893,7 @@ async fn the_socket_served_provider_gives_the_same_files_as_the_built_in() {
 
     let mut trees = Vec::new();
     for (driver, name) in [(&in_process, "web-1"), (&via_socket, "web-2")] {
-        let app = pod(name, "app-sa");
+        let app = pod(&api, name, "app-sa");
         let target = driver.target(&app.uid, "secrets");
         driver
             .node()
@@ -896,7 +930,9 @@ async fn the_socket_served_provider_gives_the_same_files_as_the_built_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mount_command_reads_vault_with_a_token_or_a_jwt_file() {
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let Some(bao) = openbao(&api) else { return };
     let token = bao.bao(&["token", "create", "-policy=app", "-field=token"]);
     let dir = tempfile::tempdir().unwrap();
@@ -1000,7 +1036,9 @@ async fn a_vault_namespace_scopes_the_login_and_the_reads() {
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let Some(bao) = openbao(&api) else { return };
     const TENANT_VALUE: &str = "tenant-password-27aa";
     let ns = Some("tenant");
@@ -1025,7 +1063,7 @@ async fn a_vault_namespace_scopes_the_login_and_the_reads() {
         ns,
         &["policy", "write", "tenant-app", policy.to_str().unwrap()],
     );
-    bao.enable_kubernetes_auth_in(ns, &api.url);
+    bao.enable_kubernetes_auth_in(ns, &kubernetes_auth(&api));
     bao.kubernetes_role_in(ns, "tenant-role", "team", "app-sa", "tenant-app");
     let driver = Driver::start(&api, &[&format!("--vault-address={}", bao.addr)]).await;
     let objects = "- {objectName: password, secretPath: secret/data/app, secretKey: password}\n";
@@ -1044,7 +1082,7 @@ async fn a_vault_namespace_scopes_the_login_and_the_reads() {
     }
     let mut contents = Vec::new();
     for class in ["tenant", "root"] {
-        let app = pod(&format!("pod-{class}"), "app-sa");
+        let app = pod(&api, &format!("pod-{class}"), "app-sa");
         let target = driver.target(&app.uid, "secrets");
         driver
             .node()
@@ -1062,7 +1100,9 @@ async fn database_credentials_are_read_once_per_mount_and_never_shared_between_p
     if !support::require_root() {
         return;
     }
-    let api = FakeApiServer::start().await;
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
     let Some(bao) = openbao(&api) else { return };
     let Some(redis) = support::redis::Redis::start() else {
         return;
@@ -1104,7 +1144,7 @@ async fn database_credentials_are_read_once_per_mount_and_never_shared_between_p
     let mut users = Vec::new();
     let mut secrets = Vec::new();
     for name in ["api-1", "api-2"] {
-        let app = pod(name, "app-sa");
+        let app = pod(&api, name, "app-sa");
         let target = driver.target(&app.uid, "db");
         driver
             .node()

@@ -56,6 +56,46 @@ struct Store {
     requests: Vec<(String, String)>,
     /// `(group, resource)` pairs every request is forbidden on, as missing RBAC.
     denied: Vec<(String, String)>,
+    /// Answers a real API server cannot be made to give on demand.
+    faults: Vec<ApiFault>,
+}
+
+/// A fault: `times` requests with `method` on `resource` of `group` get `status` (a 5xx, a
+/// 409 storm) or wait `delay` first.
+#[derive(Clone, Debug)]
+pub struct ApiFault {
+    group: String,
+    resource: String,
+    method: Method,
+    status: Option<u16>,
+    delay: Duration,
+    times: usize,
+}
+
+impl ApiFault {
+    /// `times` answers of HTTP `status` to `method` requests on `group`/`resource`.
+    pub fn status(group: &str, resource: &str, method: &str, status: u16, times: usize) -> Self {
+        Self {
+            group: group.to_owned(),
+            resource: resource.to_owned(),
+            method: method.parse().unwrap(),
+            status: Some(status),
+            delay: Duration::ZERO,
+            times,
+        }
+    }
+
+    /// `times` answers to `method` requests on `group`/`resource` that take `delay` first.
+    pub fn delay(group: &str, resource: &str, method: &str, delay: Duration, times: usize) -> Self {
+        Self {
+            group: group.to_owned(),
+            resource: resource.to_owned(),
+            method: method.parse().unwrap(),
+            status: None,
+            delay,
+            times,
+        }
+    }
 }
 
 struct Shared {
@@ -222,6 +262,7 @@ impl FakeApiServer {
                 resources,
                 requests: Vec::new(),
                 denied: Vec::new(),
+                faults: Vec::new(),
             }),
             events,
             signer: Signer::new(),
@@ -334,6 +375,11 @@ impl FakeApiServer {
         store.denied.push((group.to_owned(), resource.to_owned()));
     }
 
+    /// Injects a fault (see [`ApiFault`]).
+    pub fn inject(&self, fault: ApiFault) {
+        self.shared.store.lock().unwrap().faults.push(fault);
+    }
+
     /// Deletes an object through the API path, so the garbage collector runs as it would.
     pub fn delete(&self, group: &str, resource: &str, namespace: &str, name: &str) {
         let mut store = self.shared.store.lock().unwrap();
@@ -357,6 +403,50 @@ impl FakeApiServer {
     /// `(method, path)` of every request served so far.
     pub fn requests(&self) -> Vec<(String, String)> {
         self.shared.store.lock().unwrap().requests.clone()
+    }
+}
+
+impl super::TestApi for FakeApiServer {
+    fn kubeconfig(&self) -> String {
+        FakeApiServer::kubeconfig(self)
+    }
+
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    fn insert(&self, group: &str, resource: &str, object: Value) -> Value {
+        FakeApiServer::insert(self, group, resource, object)
+    }
+
+    fn get(&self, group: &str, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        FakeApiServer::get(self, group, resource, namespace, name)
+    }
+
+    fn list(&self, group: &str, resource: &str) -> Vec<Value> {
+        FakeApiServer::list(self, group, resource)
+    }
+
+    fn delete(&self, group: &str, resource: &str, namespace: &str, name: &str) {
+        FakeApiServer::delete(self, group, resource, namespace, name);
+    }
+
+    fn patch(&self, group: &str, resource: &str, namespace: &str, name: &str, patch: &Value) {
+        FakeApiServer::patch(self, group, resource, namespace, name, patch);
+    }
+
+    fn issue_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audience: &str,
+        pod: (&str, &str),
+    ) -> String {
+        FakeApiServer::issue_token(self, namespace, service_account, audience, pod)
+    }
+
+    fn token_public_key_pem(&self) -> String {
+        FakeApiServer::token_public_key_pem(self)
     }
 }
 
@@ -558,6 +648,37 @@ async fn handle(
     let Some(info) = info.filter(|i| i.versions.contains(&target.version.as_str())) else {
         return page_not_found();
     };
+    let fault = {
+        let mut store = shared.store.lock().unwrap();
+        let found = store.faults.iter_mut().find(|f| {
+            f.times > 0
+                && f.group == info.group
+                && f.resource == info.resource
+                && f.method == method
+        });
+        found.map(|f| {
+            f.times -= 1;
+            f.clone()
+        })
+    };
+    if let Some(fault) = fault {
+        tokio::time::sleep(fault.delay).await;
+        if let Some(code) = fault.status {
+            let code = StatusCode::from_u16(code).unwrap();
+            let reason = if code == StatusCode::CONFLICT {
+                "Conflict"
+            } else {
+                "InternalError"
+            };
+            return status(
+                code,
+                reason,
+                format!("injected {code}"),
+                info.resource,
+                target.name.as_deref().unwrap_or_default(),
+            );
+        }
+    }
     let denied = shared
         .store
         .lock()

@@ -13,7 +13,6 @@
 //! kubelet root) when the test process exits, however it exits; a janitor deletes the
 //! cluster's directory after them.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -25,6 +24,8 @@ use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
+
+use super::TestApi as _;
 
 /// The node's name.
 pub const NODE: &str = "e2e-node";
@@ -75,7 +76,7 @@ pub struct Cluster {
     driver_kubeconfig: PathBuf,
     driver_args: Mutex<Vec<String>>,
     driver: Mutex<Option<Tethered>>,
-    _components: Vec<Tethered>,
+    _plane: ControlPlane,
     /// Tests that change what others rely on (driver restarts, RBAC) take it exclusively.
     disruption: tokio::sync::RwLock<()>,
     /// How long the cluster took to start, for the notes.
@@ -139,37 +140,47 @@ fn kubeconfig(server: &str, ca_pem: &str, user: Value) -> String {
     .to_string()
 }
 
-impl Cluster {
-    fn start(bin: PathBuf) -> Cluster {
-        let started = Instant::now();
+/// etcd, kube-apiserver and kube-controller-manager (plus kube-scheduler on request), in a
+/// directory of their own, with `deploy/` applied.
+pub struct ControlPlane {
+    /// The directory (logs, certificates, data).
+    pub dir: PathBuf,
+    bin: PathBuf,
+    /// `https://127.0.0.1:<port>`.
+    pub api_url: String,
+    /// The cluster CA, PEM.
+    pub ca_pem: String,
+    /// An admin (system:masters) kubeconfig.
+    pub admin_kubeconfig: PathBuf,
+    components: Vec<Tethered>,
+}
+
+/// The controllers of a control plane without a kubelet: what the driver's objects rely on.
+const API_CONTROLLERS: &str = "garbage-collector-controller,namespace-controller,\
+    serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller";
+
+impl ControlPlane {
+    /// Starts the control plane in a new temporary directory; a janitor deletes it when the
+    /// test process goes. `scheduler` adds kube-scheduler; `controllers` are
+    /// kube-controller-manager's besides [`API_CONTROLLERS`].
+    fn start(
+        bin: PathBuf,
+        runtime: &tokio::runtime::Runtime,
+        controllers: &str,
+        scheduler: bool,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("sscsi-e2e-")
             .tempdir()
             .unwrap()
             .keep();
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let mut components = Vec::new();
-        let spawn = |name: &str, program: &Path, args: &[String], unmount: Option<&Path>| {
-            let log = File::create(dir.join(format!("{name}.log"))).unwrap();
-            let mut command = Command::new(bin.join("tether"));
-            command.arg("--grace=5s");
-            if let Some(below) = unmount {
-                command.arg(format!("--unmount-below={}", below.display()));
-            }
-            let mut child = command
-                .arg("--")
-                .arg(program)
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-            let stdin = child.stdin.take().unwrap();
-            Tethered {
-                child,
-                _stdin: stdin,
-            }
+        let mut plane = Self {
+            dir: dir.clone(),
+            bin: bin.clone(),
+            api_url: String::new(),
+            ca_pem: String::new(),
+            admin_kubeconfig: dir.join("admin.kubeconfig"),
+            components: Vec::new(),
         };
         // The janitor: once every tether let go, unmount what is left and delete the dir.
         let mut janitor = Command::new(bin.join("tether"))
@@ -183,25 +194,26 @@ impl Cluster {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        components.push(Tethered {
+        plane.components.push(Tethered {
             _stdin: janitor.stdin.take().unwrap(),
             child: janitor,
         });
 
-        let pki = dir.join("pki");
         let status = Command::new(bin.join("pki"))
-            .args([format!("--dir={}", pki.display()), format!("--node={NODE}")])
+            .args([
+                format!("--dir={}", plane.pki().display()),
+                format!("--node={NODE}"),
+            ])
             .status()
             .unwrap();
         assert!(status.success(), "pki failed");
-        let pem = |name: &str| pki.join(name).display().to_string();
-        let ca_pem = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
+        plane.ca_pem = std::fs::read_to_string(plane.pki().join("ca.pem")).unwrap();
+        let pem = |name: &str| dir.join("pki").join(name).display().to_string();
 
-        // etcd.
         let (etcd_port, peer_port) = (free_port(), free_port());
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        components.push(spawn(
+        plane.spawn(
             "etcd",
             &bin.join("etcd"),
             &[
@@ -215,13 +227,12 @@ impl Cluster {
                 "--log-level=warn".to_owned(),
             ],
             None,
-        ));
+        );
         wait_tcp(etcd_port, "etcd", &dir);
 
-        // kube-apiserver.
         let api_port = free_port();
-        let api_url = format!("https://127.0.0.1:{api_port}");
-        components.push(spawn(
+        plane.api_url = format!("https://127.0.0.1:{api_port}");
+        plane.spawn(
             "kube-apiserver",
             &bin.join("kube-apiserver"),
             &[
@@ -232,7 +243,7 @@ impl Cluster {
                 format!("--tls-cert-file={}", pem("apiserver.pem")),
                 format!("--tls-private-key-file={}", pem("apiserver-key.pem")),
                 format!("--client-ca-file={}", pem("ca.pem")),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
+                format!("--service-account-issuer={ISSUER}"),
                 format!("--service-account-key-file={}", pem("sa.pub")),
                 format!("--service-account-signing-key-file={}", pem("sa.key")),
                 "--authorization-mode=Node,RBAC".to_owned(),
@@ -245,18 +256,17 @@ impl Cluster {
                 "--v=1".to_owned(),
             ],
             None,
-        ));
-        let admin_kubeconfig = dir.join("admin.kubeconfig");
+        );
         std::fs::write(
-            &admin_kubeconfig,
+            &plane.admin_kubeconfig,
             kubeconfig(
-                &api_url,
-                &ca_pem,
+                &plane.api_url,
+                &plane.ca_pem,
                 json!({"client-certificate": pem("admin.pem"), "client-key": pem("admin-key.pem")}),
             ),
         )
         .unwrap();
-        let client = runtime.block_on(wait_api(&admin_kubeconfig, &dir));
+        let client = runtime.block_on(wait_api(&plane.admin_kubeconfig, &dir));
 
         // What users apply: CRDs, CSIDriver, RBAC, the driver's ServiceAccount.
         runtime.block_on(async {
@@ -264,58 +274,145 @@ impl Cluster {
                 apply_file(&client, &file).await;
             }
             wait_crds(&client).await;
-            // Rotation through kubelet's own republish.
-            patch(
-                &client,
-                "storage.k8s.io/v1",
-                "CSIDriver",
-                None,
-                DRIVER_NAME,
-                json!({"spec": {"requiresRepublish": true}}),
-            )
-            .await;
         });
 
-        for (name, args) in [
-            (
-                "kube-controller-manager",
-                vec![
-                    format!("--kubeconfig={}", admin_kubeconfig.display()),
-                    "--controllers=garbage-collector-controller,namespace-controller,\
-                     serviceaccount-controller,serviceaccount-token-controller,\
-                     root-ca-certificate-publisher-controller,replicaset-controller,\
-                     deployment-controller,pod-garbage-collector-controller,\
-                     node-lifecycle-controller"
-                        .to_owned(),
-                    format!("--service-account-private-key-file={}", pem("sa.key")),
-                    format!("--root-ca-file={}", pem("ca.pem")),
-                    "--leader-elect=false".to_owned(),
-                    "--secure-port=0".to_owned(),
-                    "--concurrent-gc-syncs=5".to_owned(),
-                    "--v=1".to_owned(),
-                ],
-            ),
-            (
+        let controllers = if controllers.is_empty() {
+            API_CONTROLLERS.to_owned()
+        } else {
+            format!("{API_CONTROLLERS},{controllers}")
+        };
+        let admin = plane.admin_kubeconfig.display().to_string();
+        plane.spawn(
+            "kube-controller-manager",
+            &bin.join("kube-controller-manager"),
+            &[
+                format!("--kubeconfig={admin}"),
+                format!("--controllers={controllers}"),
+                format!("--service-account-private-key-file={}", pem("sa.key")),
+                format!("--root-ca-file={}", pem("ca.pem")),
+                "--leader-elect=false".to_owned(),
+                "--secure-port=0".to_owned(),
+                "--concurrent-gc-syncs=5".to_owned(),
+                "--v=1".to_owned(),
+            ],
+            None,
+        );
+        if scheduler {
+            plane.spawn(
                 "kube-scheduler",
-                vec![
-                    format!("--kubeconfig={}", admin_kubeconfig.display()),
+                &bin.join("kube-scheduler"),
+                &[
+                    format!("--kubeconfig={admin}"),
                     "--leader-elect=false".to_owned(),
                     "--secure-port=0".to_owned(),
                     "--v=1".to_owned(),
                 ],
-            ),
-        ] {
-            components.push(spawn(name, &bin.join(name), &args, None));
+                None,
+            );
         }
+        plane
+    }
+
+    fn pki(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
+    /// Starts `program` under a tether, logging to `<dir>/<name>.log`.
+    fn spawn(&mut self, name: &str, program: &Path, args: &[String], unmount: Option<&Path>) {
+        let tethered = tether(&self.bin, &self.dir, name, program, args, unmount, false);
+        self.components.push(tethered);
+    }
+
+    /// A kubeconfig for the driver: the token of the ServiceAccount of `deploy/`, so that it
+    /// works with exactly the RBAC users install.
+    async fn driver_kubeconfig(&self, client: &kube::Client) -> PathBuf {
+        let token = service_account_token(client, "kube-system", "secrets-store-csi-driver").await;
+        let path = self.dir.join("driver.kubeconfig");
+        std::fs::write(
+            &path,
+            kubeconfig(&self.api_url, &self.ca_pem, json!({"token": token})),
+        )
+        .unwrap();
+        path
+    }
+}
+
+/// Starts `program` under a tether that ends it when the test process goes.
+fn tether(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    program: &Path,
+    args: &[String],
+    unmount: Option<&Path>,
+    append: bool,
+) -> Tethered {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(dir.join(format!("{name}.log")))
+        .unwrap();
+    let mut command = Command::new(bin.join("tether"));
+    command.arg("--grace=5s");
+    if let Some(below) = unmount {
+        command.arg(format!("--unmount-below={}", below.display()));
+    }
+    let mut child = command
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let stdin = child.stdin.take().unwrap();
+    Tethered {
+        child,
+        _stdin: stdin,
+    }
+}
+
+/// The service-account issuer of every test cluster.
+pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+impl Cluster {
+    fn start(bin: PathBuf) -> Cluster {
+        let started = Instant::now();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut plane = ControlPlane::start(
+            bin.clone(),
+            &runtime,
+            "replicaset-controller,deployment-controller,pod-garbage-collector-controller,\
+             node-lifecycle-controller",
+            true,
+        );
+        let dir = plane.dir.clone();
+        let api_url = plane.api_url.clone();
+        let ca_pem = plane.ca_pem.clone();
+        let admin_kubeconfig = plane.admin_kubeconfig.clone();
+        let pem = |name: &str| dir.join("pki").join(name).display().to_string();
+        let client = runtime.block_on(client_from(&admin_kubeconfig));
+        // Rotation through kubelet's own republish.
+        runtime.block_on(patch(
+            &client,
+            "storage.k8s.io/v1",
+            "CSIDriver",
+            None,
+            DRIVER_NAME,
+            json!({"spec": {"requiresRepublish": true}}),
+        ));
 
         // The node: a CRI runtime, kubelet.
         let cri = dir.join("cri.sock");
-        components.push(spawn(
+        plane.spawn(
             "fakecri",
             &bin.join("fakecri"),
             &[format!("--socket={}", cri.display())],
             None,
-        ));
+        );
         let kubelet_root = dir.join("kubelet");
         std::fs::create_dir_all(kubelet_root.join("plugins_registry")).unwrap();
         std::fs::create_dir_all(kubelet_root.join("plugins/csi-secrets-store")).unwrap();
@@ -335,7 +432,7 @@ impl Cluster {
             kubelet_configuration(&dir, &cri, &pem("ca.pem")).to_string(),
         )
         .unwrap();
-        components.push(spawn(
+        plane.spawn(
             "kubelet",
             &bin.join("kubelet"),
             &[
@@ -347,21 +444,11 @@ impl Cluster {
                 "--v=2".to_owned(),
             ],
             Some(&kubelet_root),
-        ));
+        );
         runtime.block_on(wait_node_ready(&client, &dir));
 
         // The driver, as the DaemonSet runs it: the ServiceAccount's token, the plugin socket.
-        let driver_kubeconfig = dir.join("driver.kubeconfig");
-        let token = runtime.block_on(service_account_token(
-            &client,
-            "kube-system",
-            "secrets-store-csi-driver",
-        ));
-        std::fs::write(
-            &driver_kubeconfig,
-            kubeconfig(&api_url, &ca_pem, json!({"token": token})),
-        )
-        .unwrap();
+        let driver_kubeconfig = runtime.block_on(plane.driver_kubeconfig(&client));
         let driver_socket = kubelet_root.join("plugins/csi-secrets-store/csi.sock");
         let provider_dir = dir.join("providers");
         let local_root = dir.join("local");
@@ -386,9 +473,17 @@ impl Cluster {
             "--aws-region=us-east-1".to_owned(),
             "-v=5".to_owned(),
         ];
-        let driver = spawn("driver", Path::new(super::DRIVER), &driver_args, None);
+        let driver = tether(
+            &bin,
+            &dir,
+            "driver",
+            Path::new(super::DRIVER),
+            &driver_args,
+            None,
+            false,
+        );
         wait_socket(&driver_socket, "the driver", &dir);
-        components.push(spawn(
+        plane.spawn(
             "registrar",
             &bin.join("registrar"),
             &[
@@ -399,7 +494,7 @@ impl Cluster {
                 ),
             ],
             None,
-        ));
+        );
         runtime.block_on(wait_driver_registered(&client, &dir));
         let cluster = Cluster {
             dir: dir.clone(),
@@ -416,7 +511,7 @@ impl Cluster {
             driver_kubeconfig,
             driver_args: Mutex::new(driver_args),
             driver: Mutex::new(Some(driver)),
-            _components: components,
+            _plane: plane,
             disruption: tokio::sync::RwLock::new(()),
             started_in: started.elapsed(),
         };
@@ -507,25 +602,15 @@ impl Cluster {
             }
         }
         let args = self.driver_args.lock().unwrap().clone();
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.dir.join("driver.log"))
-            .unwrap();
-        let mut child = Command::new(self.bin.join("tether"))
-            .arg("--grace=5s")
-            .arg("--")
-            .arg(super::DRIVER)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        *driver = Some(Tethered {
-            child,
-            _stdin: stdin,
-        });
+        *driver = Some(tether(
+            &self.bin,
+            &self.dir,
+            "driver",
+            Path::new(super::DRIVER),
+            &args,
+            None,
+            true,
+        ));
         wait_socket(&self.driver_socket, "the restarted driver", &self.dir);
     }
 
@@ -918,5 +1003,319 @@ async fn wait_driver_registered(client: &kube::Client, dir: &Path) {
             failure("kubelet did not register the driver (CSINode)", dir);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A real API server of one test's own (etcd, kube-apiserver, kube-controller-manager with
+/// the garbage collector, namespace and service-account controllers), with `deploy/` applied:
+/// what `FakeApiServer` used to stand in for. The driver authenticates as the ServiceAccount
+/// of `deploy/`, so it has exactly the RBAC users install.
+pub struct ApiServer {
+    plane: ControlPlane,
+    client: kube::Client,
+    driver_kubeconfig: String,
+    url: String,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer").field("url", &self.url).finish()
+    }
+}
+
+impl ApiServer {
+    /// Starts one, or `None` (skip) where the components are not built, outside CI.
+    pub async fn start() -> Option<Self> {
+        let bin = bin_dir();
+        if !bin.join("kube-apiserver").exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but the test cluster is not built: run scripts/cluster-build"
+            );
+            eprintln!("skipping: the test cluster is not built (scripts/cluster-build)");
+            return None;
+        }
+        let plane = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            ControlPlane::start(bin, &runtime, "", false)
+        })
+        .await
+        .unwrap();
+        let client = client_from(&plane.admin_kubeconfig).await;
+        let driver_kubeconfig =
+            std::fs::read_to_string(plane.driver_kubeconfig(&client).await).unwrap();
+        let url = plane.api_url.clone();
+        Some(Self {
+            plane,
+            client,
+            driver_kubeconfig,
+            url,
+        })
+    }
+
+    /// Applies the RBAC objects the chart renders with `values` (e.g. the rollout role of
+    /// `syncSecret.rolloutOnChange`), as an operator who set that value would have them.
+    pub fn apply_chart_rbac(&self, values: &Value) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let python = root.join(".tools/venv/bin/python");
+        let output = Command::new(&python)
+            .arg(root.join("scripts/chart.py"))
+            .arg("render")
+            .arg(values.to_string())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("{}: {e} (run scripts/test to install it)", python.display())
+            });
+        assert!(
+            output.status.success(),
+            "chart.py render: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for document in yaml_documents(&String::from_utf8_lossy(&output.stdout)) {
+            let resource = match document["kind"].as_str() {
+                Some("ClusterRole") => "clusterroles",
+                Some("ClusterRoleBinding") => "clusterrolebindings",
+                _ => continue,
+            };
+            let name = document["metadata"]["name"].as_str().unwrap().to_owned();
+            if self
+                .get("rbac.authorization.k8s.io", resource, "", &name)
+                .is_none()
+            {
+                self.insert("rbac.authorization.k8s.io", resource, document);
+            }
+        }
+    }
+
+    /// An admin client.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The cluster CA, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.plane.ca_pem
+    }
+
+    /// A token that may create TokenReviews (system:auth-delegator), as Vault's Kubernetes
+    /// auth method is configured with.
+    pub fn reviewer_token(&self) -> String {
+        if self
+            .get("", "serviceaccounts", "kube-system", "token-reviewer")
+            .is_some()
+        {
+            return block(service_account_token(
+                &self.client,
+                "kube-system",
+                "token-reviewer",
+            ));
+        }
+        self.insert(
+            "",
+            "serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": "token-reviewer", "namespace": "kube-system"}}),
+        );
+        self.insert(
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "token-reviewer"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+                "subjects": [{"kind": "ServiceAccount", "name": "token-reviewer", "namespace": "kube-system"}],
+            }),
+        );
+        block(service_account_token(
+            &self.client,
+            "kube-system",
+            "token-reviewer",
+        ))
+    }
+
+    fn ensure_namespace(&self, namespace: &str) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let object = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+        block(async {
+            match namespaces.create(&PostParams::default(), &object).await {
+                Ok(_) | Err(kube::Error::Api(_)) => {}
+                Err(e) => panic!("creating namespace {namespace}: {e}"),
+            }
+        });
+    }
+
+    /// Pods need their ServiceAccount (the `default` one is a controller's to create).
+    fn ensure_service_account(&self, namespace: &str, name: &str) {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        block(async {
+            let started = Instant::now();
+            while accounts.get_opt(name).await.unwrap().is_none() {
+                if name != "default" {
+                    let object =
+                        serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+                    let _ = accounts.create(&PostParams::default(), &object).await;
+                    continue;
+                }
+                assert!(
+                    started.elapsed() < STARTUP,
+                    "no default ServiceAccount in {namespace}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+}
+
+/// Runs `future` to completion from synchronous test code inside a multi-threaded runtime.
+fn block<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
+
+/// `/api/v1` or `/apis/<group>/v1`: every resource the tests touch is at `v1`.
+fn group_path(group: &str) -> String {
+    if group.is_empty() {
+        "/api/v1".to_owned()
+    } else {
+        format!("/apis/{group}/v1")
+    }
+}
+
+fn resource_path(group: &str, resource: &str, namespace: &str, name: Option<&str>) -> String {
+    let mut path = group_path(group);
+    if !namespace.is_empty() {
+        path.push_str(&format!("/namespaces/{namespace}"));
+    }
+    path.push_str(&format!("/{resource}"));
+    if let Some(name) = name {
+        path.push_str(&format!("/{name}"));
+    }
+    path
+}
+
+impl super::TestApi for ApiServer {
+    fn kubeconfig(&self) -> String {
+        self.driver_kubeconfig.clone()
+    }
+
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    fn insert(&self, group: &str, resource: &str, object: Value) -> Value {
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if !namespace.is_empty() {
+            self.ensure_namespace(&namespace);
+        }
+        if resource == "pods" {
+            let account = object["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap_or("default");
+            self.ensure_service_account(&namespace, account);
+        }
+        let request = http::Request::post(resource_path(group, resource, &namespace, None))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&object).unwrap())
+            .unwrap();
+        match block(self.client.request::<Value>(request)) {
+            Ok(created) => created,
+            // A namespace's `default` ServiceAccount is the controller's to create: a test that
+            // stores one (with annotations) updates it instead.
+            Err(kube::Error::Api(status))
+                if status.code == 409 && resource == "serviceaccounts" =>
+            {
+                let name = object["metadata"]["name"].as_str().unwrap();
+                let metadata = json!({"metadata": {
+                    "annotations": object["metadata"]["annotations"],
+                    "labels": object["metadata"]["labels"],
+                }});
+                self.patch(group, resource, &namespace, name, &metadata);
+                self.get(group, resource, &namespace, name).unwrap()
+            }
+            Err(e) => panic!("creating {resource} {}: {e}", object["metadata"]["name"]),
+        }
+    }
+
+    fn get(&self, group: &str, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        let request = http::Request::get(resource_path(group, resource, namespace, Some(name)))
+            .body(Vec::new())
+            .unwrap();
+        match block(self.client.request::<Value>(request)) {
+            Ok(object) => Some(object),
+            Err(kube::Error::Api(status)) if status.code == 404 => None,
+            Err(e) => panic!("getting {resource} {namespace}/{name}: {e}"),
+        }
+    }
+
+    fn list(&self, group: &str, resource: &str) -> Vec<Value> {
+        let request = http::Request::get(format!("{}/{resource}", group_path(group)))
+            .body(Vec::new())
+            .unwrap();
+        let list = block(self.client.request::<Value>(request))
+            .unwrap_or_else(|e| panic!("listing {resource}: {e}"));
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn delete(&self, group: &str, resource: &str, namespace: &str, name: &str) {
+        let request = http::Request::delete(resource_path(group, resource, namespace, Some(name)))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&json!({"propagationPolicy": "Background"})).unwrap())
+            .unwrap();
+        block(self.client.request::<Value>(request))
+            .unwrap_or_else(|e| panic!("deleting {resource} {namespace}/{name}: {e}"));
+    }
+
+    fn patch(&self, group: &str, resource: &str, namespace: &str, name: &str, patch: &Value) {
+        let request = http::Request::patch(resource_path(group, resource, namespace, Some(name)))
+            .header(http::header::CONTENT_TYPE, "application/merge-patch+json")
+            .body(serde_json::to_vec(patch).unwrap())
+            .unwrap();
+        block(self.client.request::<Value>(request))
+            .unwrap_or_else(|e| panic!("patching {resource} {namespace}/{name}: {e}"));
+    }
+
+    fn issue_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audience: &str,
+        pod: (&str, &str),
+    ) -> String {
+        // Bound to the pod, as kubelet's are, when the pod exists; else unbound.
+        let bound = self
+            .get("", "pods", namespace, pod.0)
+            .filter(|p| p["metadata"]["uid"] == pod.1)
+            .map(|_| json!({"kind": "Pod", "apiVersion": "v1", "name": pod.0, "uid": pod.1}));
+        let mut spec = json!({"audiences": [audience], "expirationSeconds": 3600});
+        if let Some(bound) = bound {
+            spec["boundObjectRef"] = bound;
+        }
+        let request = http::Request::post(resource_path(
+            "",
+            "serviceaccounts",
+            namespace,
+            Some(&format!("{service_account}/token")),
+        ))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(
+            serde_json::to_vec(&json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": spec,
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        let created = block(self.client.request::<Value>(request)).unwrap_or_else(|e| {
+            panic!("requesting a token for {namespace}/{service_account}: {e}")
+        });
+        created["status"]["token"].as_str().unwrap().to_owned()
+    }
+
+    fn token_public_key_pem(&self) -> String {
+        std::fs::read_to_string(self.plane.pki().join("sa.pub")).unwrap()
     }
 }

@@ -23,7 +23,39 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
+#[allow(unused_imports)]
 pub use apiserver::FakeApiServer;
+#[allow(unused_imports)]
+pub use cluster::ApiServer;
+
+/// What tests ask of an API server, real (`ApiServer`) or fake (`FakeApiServer`, only for
+/// faults a real one cannot produce on demand). Objects are JSON; `group` is `""` for core.
+pub trait TestApi {
+    /// A kubeconfig for the driver.
+    fn kubeconfig(&self) -> String;
+    /// The server's URL.
+    fn url(&self) -> String;
+    /// Creates an object (its namespace too, if missing) and returns it as stored.
+    fn insert(&self, group: &str, resource: &str, object: Value) -> Value;
+    /// The object, if it exists.
+    fn get(&self, group: &str, resource: &str, namespace: &str, name: &str) -> Option<Value>;
+    /// Every object of a resource, in all namespaces.
+    fn list(&self, group: &str, resource: &str) -> Vec<Value>;
+    /// Deletes an object; the garbage collector takes its dependents.
+    fn delete(&self, group: &str, resource: &str, namespace: &str, name: &str);
+    /// Merge-patches an object, as `kubectl patch --type=merge`.
+    fn patch(&self, group: &str, resource: &str, namespace: &str, name: &str, patch: &Value);
+    /// A service-account token for `audience`, as kubelet requests for a pod.
+    fn issue_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audience: &str,
+        pod: (&str, &str),
+    ) -> String;
+    /// The PEM public key that verifies the tokens (for JWT auth methods).
+    fn token_public_key_pem(&self) -> String;
+}
 
 /// The driver binary under test.
 pub const DRIVER: &str = env!("CARGO_BIN_EXE_secrets-store-csi-driver");
@@ -114,13 +146,13 @@ async fn spawn_driver(
 
 impl Driver {
     /// Starts the driver and waits for its socket.
-    pub async fn start(api: &FakeApiServer, extra_args: &[&str]) -> Self {
+    pub async fn start(api: &dyn TestApi, extra_args: &[&str]) -> Self {
         Self::start_with_env(api, extra_args, &[]).await
     }
 
     /// Starts the driver with environment variables set (e.g. `RUST_LOG`).
     pub async fn start_with_env(
-        api: &FakeApiServer,
+        api: &dyn TestApi,
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
@@ -220,7 +252,7 @@ impl Driver {
     /// unpublishes them; any failure panics.
     pub async fn publish_rollout(
         &self,
-        api: &FakeApiServer,
+        api: &dyn TestApi,
         pods: &[Pod],
         class: &str,
         audiences: &[&str],
@@ -380,7 +412,7 @@ impl Pod {
         &self,
         target: &Path,
         spc: &str,
-        api: &FakeApiServer,
+        api: &dyn TestApi,
         audiences: &[&str],
     ) -> csi::NodePublishVolumeRequest {
         let mut request = self.publish(target, spc);
@@ -392,7 +424,7 @@ impl Pod {
     }
 
     /// Kubelet's `serviceAccount.tokens` attribute for this pod.
-    pub fn tokens(&self, api: &FakeApiServer, audiences: &[&str]) -> String {
+    pub fn tokens(&self, api: &dyn TestApi, audiences: &[&str]) -> String {
         let tokens: serde_json::Map<String, Value> = audiences
             .iter()
             .map(|audience| {
@@ -443,7 +475,7 @@ pub fn ms(d: Duration) -> String {
 }
 
 /// Stores a service account, as tokens can only be issued for existing ones.
-pub fn service_account(api: &FakeApiServer, namespace: &str, name: &str) {
+pub fn service_account(api: &dyn TestApi, namespace: &str, name: &str) {
     api.insert(
         "",
         "serviceaccounts",
@@ -527,11 +559,18 @@ pub fn read_tree(target: &Path) -> Vec<(String, Vec<u8>, u32)> {
 }
 
 impl Pod {
+    /// Stores this pod in the API server, as kubelet only mounts volumes of pods that exist
+    /// (a real garbage collector removes a status record whose pod never existed), and takes
+    /// the UID the server assigned.
+    pub fn register(&mut self, api: &dyn TestApi, class: &str) {
+        self.create_in(api, "secrets", class, None);
+    }
+
     /// Stores this pod in the API server with one CSI volume `volume` of class `spc`, owned by
     /// `owner` (`kind`, object) when given, and takes the UID the server assigned.
     pub fn create_in(
         &mut self,
-        api: &FakeApiServer,
+        api: &dyn TestApi,
         volume: &str,
         spc: &str,
         owner: Option<(&str, &Value)>,
@@ -575,7 +614,7 @@ impl Pod {
 
 /// Stores an apps/v1 workload object (`replicasets`, `deployments`…) owned by `owner`.
 pub fn workload(
-    api: &FakeApiServer,
+    api: &dyn TestApi,
     resource: &str,
     kind: &str,
     namespace: &str,
@@ -596,7 +635,16 @@ pub fn workload(
             "apiVersion": "apps/v1",
             "kind": kind,
             "metadata": {"name": name, "namespace": namespace, "ownerReferences": owners},
-            "spec": {"template": {"metadata": {}, "spec": {"containers": []}}},
+            // Valid for a real API server; no controller acts on it there.
+            "spec": {
+                "replicas": 0,
+                "serviceName": name,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "app", "image": "app"}]},
+                },
+            },
         }),
     )
 }
@@ -637,11 +685,7 @@ pub fn secret_data(secret: &Value) -> std::collections::BTreeMap<String, Vec<u8>
 }
 
 /// Events recorded on the pod `name` in `namespace`: `(type, reason, message)`.
-pub fn pod_events(
-    api: &FakeApiServer,
-    namespace: &str,
-    name: &str,
-) -> Vec<(String, String, String)> {
+pub fn pod_events(api: &dyn TestApi, namespace: &str, name: &str) -> Vec<(String, String, String)> {
     api.list("", "events")
         .into_iter()
         .filter(|e| {

@@ -10,9 +10,15 @@ use serde_json::Value;
 /// The dev server's root token; only the tests' own set-up uses it.
 pub const ROOT_TOKEN: &str = "test-root-token-9f2c";
 
-/// A CA certificate for OpenBao's Kubernetes auth config, which insists on one; the fake API
-/// server speaks plain HTTP, so it is never used to verify anything. (A public certificate only.)
-const UNUSED_API_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBjzCCATWgAwIBAgIUUx/ioFTFK2Ind5chg0C/YVTslWQwCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRZmFrZS1hcGlzZXJ2ZXItY2EwIBcNMjYxMTIzMTgwOTMwWhgP\nMjEyNjEwMzAxODA5MzBaMBwxGjAYBgNVBAMMEWZha2UtYXBpc2VydmVyLWNhMFkw\nEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEJeJWYViWzhhdve3B5JNdjNHlSgvrTyDm\n+l57WgcropTYWkIpSDBDc1poqcZLStj2HYKAK/7g2DUqKQjDapL28aNTMFEwHQYD\nVR0OBBYEFEpjH0Bccv++620DHCu9ZOcYT+j9MB8GA1UdIwQYMBaAFEpjH0Bccv++\n620DHCu9ZOcYT+j9MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIg\neHSVcSXC3Du1tChzZUHQd/VycICqDoyeXMUCjBhV6l8CIQDfGiv6w9yJZzYFFFXk\nRJi94V+V+oLcIsEcgz+jnDCRbA==\n-----END CERTIFICATE-----\n";
+/// Where Kubernetes auth finds the API server, and the token it reviews with.
+pub struct KubernetesAuth {
+    /// The API server's URL.
+    pub url: String,
+    /// Its CA, PEM.
+    pub ca_pem: String,
+    /// A token allowed to create TokenReviews.
+    pub reviewer_jwt: String,
+}
 
 /// The `bao` binary: `$BAO_BIN`, else the README's tools directory, else `PATH`.
 pub fn bao_binary() -> Option<PathBuf> {
@@ -182,40 +188,23 @@ impl OpenBao {
         self.bao(&["policy", "write", name, file.to_str().unwrap()]);
     }
 
-    /// Enables Kubernetes auth at `kubernetes/`, validating tokens with `api`'s TokenReview.
-    pub fn enable_kubernetes_auth(&self, api_url: &str) {
-        self.enable_kubernetes_auth_in(None, api_url);
-    }
-
-    /// The same inside an OpenBao namespace.
-    pub fn enable_kubernetes_auth_in(&self, vault_namespace: Option<&str>, api_url: &str) {
+    /// Enables Kubernetes auth at `kubernetes/` (inside an OpenBao namespace, if given),
+    /// validating pods' tokens with the API server's TokenReview.
+    pub fn enable_kubernetes_auth_in(&self, vault_namespace: Option<&str>, api: &KubernetesAuth) {
+        let ca = self.dir.path().join("kubernetes-ca.pem");
+        std::fs::write(&ca, &api.ca_pem).unwrap();
         self.bao_in(vault_namespace, &["auth", "enable", "kubernetes"]);
         self.bao_in(
             vault_namespace,
             &[
                 "write",
                 "auth/kubernetes/config",
-                &format!("kubernetes_host={api_url}"),
-                &format!("kubernetes_ca_cert={UNUSED_API_CA}"),
+                &format!("kubernetes_host={}", api.url),
+                &format!("kubernetes_ca_cert=@{}", ca.display()),
+                &format!("token_reviewer_jwt={}", api.reviewer_jwt),
                 "disable_local_ca_jwt=true",
             ],
         );
-    }
-
-    /// Enables Kubernetes auth at `kubernetes/` against a real API server: its CA, and a
-    /// reviewer token allowed to create TokenReviews (system:auth-delegator).
-    pub fn enable_kubernetes_auth_with(&self, api_url: &str, ca_pem: &str, reviewer_jwt: &str) {
-        let ca = self.dir.path().join("kubernetes-ca.pem");
-        std::fs::write(&ca, ca_pem).unwrap();
-        self.bao(&["auth", "enable", "kubernetes"]);
-        self.bao(&[
-            "write",
-            "auth/kubernetes/config",
-            &format!("kubernetes_host={api_url}"),
-            &format!("kubernetes_ca_cert=@{}", ca.display()),
-            &format!("token_reviewer_jwt={reviewer_jwt}"),
-            "disable_local_ca_jwt=true",
-        ]);
     }
 
     /// A Kubernetes auth role binding one service account to `policies`, audience `vault`.
