@@ -38,6 +38,12 @@ pub const MAX_JMES_LEN: usize = 512;
 /// Most operators and brackets in one `jmesPath` expression: the parser and the interpreter
 /// recurse once per level, on a worker thread's stack.
 pub const MAX_JMES_OPERATORS: usize = 64;
+/// Most a `jmesPath` expression may multiply the size of its secret by: multi-selects under
+/// projections and flattens multiply, so a few dozen operators could build billions of values.
+pub const MAX_JMES_GROWTH: u64 = 16;
+/// Largest secret `jmesPath` runs on: Secrets Manager's own limit, which keeps the parsed
+/// document and what an expression builds from it small.
+pub const MAX_JMES_SECRET_BYTES: usize = 64 << 10;
 
 /// Deepest nesting of a YAML or JSON document a class or source holds (`provider::yaml`).
 pub const MAX_DOCUMENT_DEPTH: usize = 32;

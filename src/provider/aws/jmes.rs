@@ -5,7 +5,8 @@
 //! never quote the secret.
 
 use super::config::JmesEntry;
-use crate::limits::{MAX_JMES_LEN, MAX_JMES_OPERATORS};
+use crate::limits::{MAX_JMES_GROWTH, MAX_JMES_LEN, MAX_JMES_OPERATORS, MAX_JMES_SECRET_BYTES};
+use jmespath::ast::Ast;
 
 /// Why a field could not be extracted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +41,18 @@ pub enum JmesError {
         /// The object's name.
         object: String,
     },
+    /// The secret is larger than `jmesPath` runs on.
+    #[error(
+        "The secret {object} is {bytes} bytes; jmesPath extracts fields from secrets of at most \
+         {MAX_JMES_SECRET_BYTES} bytes (the Secrets Manager limit). Remove jmesPath or store a \
+         smaller JSON document"
+    )]
+    TooLarge {
+        /// The object's name.
+        object: String,
+        /// Its size.
+        bytes: usize,
+    },
     /// The path selects a number, list or object.
     #[error("Invalid JMES search result type for path:{path}. Only string is allowed.")]
     NotString {
@@ -49,9 +62,75 @@ pub enum JmesError {
 }
 
 /// Refuses an expression whose parse or evaluation could take more than a worker thread's
-/// stack: the parser and the interpreter recurse once per operator or bracket, so those are
-/// counted (outside quoted names and literals) before anything is compiled.
+/// stack or build more than [`MAX_JMES_GROWTH`] times its secret: the parser and the
+/// interpreter recurse once per operator or bracket, so those are counted (outside quoted names
+/// and literals) before anything is compiled, and the compiled tree's growth is bounded before
+/// it runs on anything.
 pub fn check(path: &str) -> Result<(), String> {
+    compile(path).map(drop)
+}
+
+/// The expression, compiled only within [`check`]'s bounds.
+fn compile(path: &str) -> Result<jmespath::Expression<'static>, String> {
+    check_shape(path)?;
+    let expression = jmespath::compile(path).map_err(|err| err.reason.to_string())?;
+    let growth = growth(expression.as_ast());
+    if growth > MAX_JMES_GROWTH {
+        return Err(format!(
+            "the expression could build {growth} times the secret's size from it (multi-selects \
+             under projections and flattens multiply); at most {MAX_JMES_GROWTH} is allowed. \
+             Select the one field the file needs"
+        ));
+    }
+    Ok(expression)
+}
+
+/// How many times its input an expression's result (or anything it builds on the way) can be,
+/// counting shared values once per reference: selections keep the size, multi-selects add their
+/// parts, and whatever runs once per element of another result multiplies. Saturates.
+fn growth(ast: &Ast) -> u64 {
+    match ast {
+        Ast::Identity { .. }
+        | Ast::Field { .. }
+        | Ast::Index { .. }
+        | Ast::Slice { .. }
+        | Ast::Literal { .. }
+        | Ast::Expref { .. } => 1,
+        Ast::Flatten { node, .. } | Ast::Not { node, .. } | Ast::ObjectValues { node, .. } => {
+            growth(node)
+        }
+        Ast::Subexpr { lhs, rhs, .. } | Ast::Projection { lhs, rhs, .. } => {
+            growth(lhs).saturating_mul(growth(rhs))
+        }
+        Ast::Comparison { lhs, rhs, .. } | Ast::And { lhs, rhs, .. } | Ast::Or { lhs, rhs, .. } => {
+            growth(lhs).saturating_add(growth(rhs))
+        }
+        Ast::Condition {
+            predicate, then, ..
+        } => growth(predicate).saturating_add(growth(then)),
+        Ast::MultiList { elements, .. } => elements
+            .iter()
+            .fold(1, |sum: u64, element| sum.saturating_add(growth(element))),
+        Ast::MultiHash { elements, .. } => elements
+            .iter()
+            .fold(1, |sum: u64, pair| sum.saturating_add(growth(&pair.value))),
+        // Arguments add up; an expression argument (`map`, `sort_by`) runs once per element.
+        Ast::Function { args, .. } => {
+            let (values, per_element) =
+                args.iter()
+                    .fold((0u64, 1u64), |(values, per_element), arg| match arg {
+                        Ast::Expref { ast, .. } => {
+                            (values, per_element.saturating_mul(growth(ast)))
+                        }
+                        other => (values.saturating_add(growth(other)), per_element),
+                    });
+            values.max(1).saturating_mul(per_element)
+        }
+    }
+}
+
+/// The textual bounds, checked before the parser sees the expression.
+fn check_shape(path: &str) -> Result<(), String> {
     if path.len() > MAX_JMES_LEN {
         return Err(format!(
             "the expression is {} bytes long; at most {MAX_JMES_LEN} are allowed",
@@ -93,19 +172,21 @@ pub fn extract(
     let not_json = || JmesError::NotJson {
         object: object.to_owned(),
     };
+    if secret.len() > MAX_JMES_SECRET_BYTES {
+        return Err(JmesError::TooLarge {
+            object: object.to_owned(),
+            bytes: secret.len(),
+        });
+    }
     let text = std::str::from_utf8(secret).map_err(|_| not_json())?;
     let data = jmespath::Variable::from_json(text).map_err(|_| not_json())?;
     let data = std::rc::Rc::new(data);
     entries
         .iter()
         .map(|entry| {
-            check(&entry.path).map_err(|reason| JmesError::BadPath {
+            let expression = compile(&entry.path).map_err(|reason| JmesError::BadPath {
                 path: entry.path.clone(),
                 reason,
-            })?;
-            let expression = jmespath::compile(&entry.path).map_err(|err| JmesError::BadPath {
-                path: entry.path.clone(),
-                reason: err.reason.to_string(),
             })?;
             let found = expression
                 .search(data.clone())
@@ -206,5 +287,57 @@ mod tests {
         // A deep JSON literal inside the bounds is refused by the JSON parser's own limit.
         let literal = format!("`{}1{}`", "[".repeat(200), "]".repeat(200));
         assert!(extract("db", br#"{"a":"b"}"#, &[entry(&literal)]).is_err());
+    }
+
+    #[test]
+    fn expressions_that_multiply_their_secret_are_refused_before_they_run() {
+        // Found by fuzzing: five flattened multi-selects of 30 literals each, on the secret `2`,
+        // built 24 million values and took the driver past 2.5 GB.
+        let stage = format!("][][&b{}", "''".repeat(15));
+        let hostile = format!("[n!=[[]]&b{}{}]", "''".repeat(20), stage.repeat(4));
+        let err = extract("db", b"2", &[entry(&hostile)]).unwrap_err();
+        assert!(
+            matches!(&err, JmesError::BadPath { reason, .. } if reason.contains("times the secret")),
+            "{err}"
+        );
+        for hostile in [
+            "[*].[@,@,@,@,@,@][].[@,@,@,@,@,@]",
+            "map(&[@,@,@,@,@,@], [@,@,@,@,@,@])",
+            "[@,@,@,@,@,@,@,@,@,@,@,@,@,@,@,@]",
+        ] {
+            assert!(check(hostile).is_err(), "{hostile}");
+        }
+        // What classes use stays well inside.
+        for fine in [
+            "items[?name=='db'].password | [0]",
+            "join(',', [a, b, c])",
+            "{a: a, b: b, c: c, d: d, e: e, f: f, g: g, h: h, i: i, j: j} | to_string(@)",
+            "join(',', [a, b, c, d, e, f, g, h, i, j, k, l, m, n])",
+            "sort_by(users, &name)[0].password",
+            "values(@)[0]",
+        ] {
+            assert!(check(fine).is_ok(), "{fine}");
+        }
+        // The most an allowed expression builds, on the largest secret allowed, finishes.
+        let secret = format!("[{}0]", "0,".repeat(MAX_JMES_SECRET_BYTES / 2 - 2));
+        assert!(secret.len() <= MAX_JMES_SECRET_BYTES);
+        let widest = "[*].[@,@,@][].[@,@,@] | to_string(@)";
+        assert!(check(widest).is_ok());
+        let built = extract("db", secret.as_bytes(), &[entry(widest)]).unwrap();
+        assert!(built[0].len() > secret.len() * 8);
+    }
+
+    #[test]
+    fn secrets_larger_than_secrets_manager_allows_are_refused_by_size() {
+        let secret = format!("{{\"a\":\"{}\"}}", "x".repeat(MAX_JMES_SECRET_BYTES));
+        let err = extract("db", secret.as_bytes(), &[entry("a")]).unwrap_err();
+        assert_eq!(
+            err,
+            JmesError::TooLarge {
+                object: "db".to_owned(),
+                bytes: secret.len()
+            }
+        );
+        assert!(!err.to_string().contains("xxxx"));
     }
 }
