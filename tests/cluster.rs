@@ -43,13 +43,22 @@ where
     }
 }
 
-fn local_class(namespace: &str, name: &str, source: &str, objects: &str) -> Value {
+fn class(namespace: &str, name: &str, provider: &str, parameters: Value) -> Value {
     json!({
         "apiVersion": GROUP_V1,
         "kind": "SecretProviderClass",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"provider": "local", "parameters": {"source": source, "objects": objects}},
+        "spec": {"provider": provider, "parameters": parameters},
     })
+}
+
+fn local_class(namespace: &str, name: &str, source: &str, objects: &str) -> Value {
+    class(
+        namespace,
+        name,
+        "local",
+        json!({"source": source, "objects": objects}),
+    )
 }
 
 fn pod(namespace: &str, name: &str, class: &str) -> Value {
@@ -85,6 +94,41 @@ async fn running(cluster: &Cluster, client: &kube::Client, namespace: &str, name
     .await
 }
 
+/// Applies `class` and a pod `app` mounting it (as `service_account` when given), and waits
+/// until the pod runs; returns the pod and its volume's path on the node.
+async fn run_app(
+    cluster: &Cluster,
+    client: &kube::Client,
+    class: Value,
+    service_account: Option<&str>,
+) -> (Value, std::path::PathBuf) {
+    let ns = class["metadata"]["namespace"].as_str().unwrap().to_owned();
+    let name = class["metadata"]["name"].as_str().unwrap().to_owned();
+    cluster::apply(client, class).await;
+    let mut app = pod(&ns, "app", &name);
+    if let Some(account) = service_account {
+        app["spec"]["serviceAccountName"] = json!(account);
+    }
+    cluster::apply(client, app).await;
+    let pod = running(cluster, client, &ns, "app").await;
+    let volume = cluster.volume_path(pod["metadata"]["uid"].as_str().unwrap(), "secrets");
+    (pod, volume)
+}
+
+/// Writes the namespace's `local` source and runs pod `app` with class `app` mounting
+/// `objects` from it.
+async fn run_local_app(
+    cluster: &Cluster,
+    client: &kube::Client,
+    ns: &str,
+    source: &str,
+    objects: &str,
+) -> (Value, std::path::PathBuf) {
+    std::fs::write(cluster.local_root.join(format!("{ns}.yaml")), source).unwrap();
+    let class = local_class(ns, "app", &format!("{ns}.yaml"), objects);
+    run_app(cluster, client, class, None).await
+}
+
 fn mode(path: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -99,26 +143,16 @@ async fn a_pod_runs_with_its_files_its_status_record_and_leaves_nothing_when_del
     let client = cluster.client().await;
     let ns = cluster.namespace("basic").await;
     let alpha = format!("alpha-{ns}");
-    std::fs::write(
-        cluster.local_root.join(format!("{ns}.yaml")),
-        format!("alpha: {alpha}\nnested: nested-{ns}\n"),
-    )
-    .unwrap();
-    cluster::apply(
+    let (pod, volume) = run_local_app(
+        cluster,
         &client,
-        local_class(
-            &ns,
-            "app",
-            &format!("{ns}.yaml"),
-            "- objectName: alpha\n- objectName: nested\n  objectAlias: dir/nested\n  filePermission: \"0600\"\n",
-        ),
+        &ns,
+        &format!("alpha: {alpha}\nnested: nested-{ns}\n"),
+        "- objectName: alpha\n- objectName: nested\n  objectAlias: dir/nested\n  filePermission: \"0600\"\n",
     )
     .await;
-    cluster::apply(&client, pod(&ns, "app", "app")).await;
-    let pod = running(cluster, &client, &ns, "app").await;
     assert_eq!(pod["spec"]["nodeName"], NODE);
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
-    let volume = cluster.volume_path(&uid, "secrets");
     assert_eq!(
         std::fs::read_to_string(volume.join("alpha")).unwrap(),
         alpha
@@ -186,16 +220,15 @@ async fn kubelets_own_republish_rotates_the_files_and_the_versions() {
     let client = cluster.client().await;
     let ns = cluster.namespace("rotation").await;
     let source = cluster.local_root.join(format!("{ns}.yaml"));
-    std::fs::write(&source, "token: first-value\n").unwrap();
-    cluster::apply(
+    let (_, volume) = run_local_app(
+        cluster,
         &client,
-        local_class(&ns, "app", &format!("{ns}.yaml"), "- objectName: token\n"),
+        &ns,
+        "token: first-value\n",
+        "- objectName: token\n",
     )
     .await;
-    cluster::apply(&client, pod(&ns, "app", "app")).await;
-    let pod = running(cluster, &client, &ns, "app").await;
-    let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
-    let file = cluster.volume_path(&uid, "secrets").join("token");
+    let file = volume.join("token");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "first-value");
     let record = format!("app-{ns}-app");
     let versions = |status: &Value| status["status"]["objects"].clone();
@@ -450,16 +483,14 @@ async fn a_restarted_driver_keeps_mounted_pods_mounted_and_rotating() {
     let client = cluster.client().await;
     let ns = cluster.namespace("restart").await;
     let source = cluster.local_root.join(format!("{ns}.yaml"));
-    std::fs::write(&source, "token: before-restart\n").unwrap();
-    cluster::apply(
+    let (_, volume) = run_local_app(
+        cluster,
         &client,
-        local_class(&ns, "app", &format!("{ns}.yaml"), "- objectName: token\n"),
+        &ns,
+        "token: before-restart\n",
+        "- objectName: token\n",
     )
     .await;
-    cluster::apply(&client, pod(&ns, "app", "app")).await;
-    let pod = running(cluster, &client, &ns, "app").await;
-    let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
-    let volume = cluster.volume_path(&uid, "secrets");
 
     cluster.crash_and_restart_driver();
     assert!(
@@ -523,27 +554,19 @@ async fn vault_logs_in_with_the_token_kubelet_requested_through_the_real_token_r
     );
     bao.kubernetes_role("app", &ns, "app-sa", "app");
     cluster::apply(&client, service_account(&ns, "app-sa", json!({}))).await;
-    cluster::apply(
-        &client,
+    let vault = class(
+        &ns,
+        "vault-app",
+        "vault",
         json!({
-            "apiVersion": GROUP_V1,
-            "kind": "SecretProviderClass",
-            "metadata": {"name": "vault-app", "namespace": ns},
-            "spec": {"provider": "vault", "parameters": {
-                "vaultAddress": bao.addr,
-                "roleName": "app",
-                "objects": "- objectName: password\n  secretPath: secret/data/app\n  secretKey: password\n",
-            }},
+            "vaultAddress": bao.addr,
+            "roleName": "app",
+            "objects": "- objectName: password\n  secretPath: secret/data/app\n  secretKey: password\n",
         }),
-    )
-    .await;
-    let mut app = pod(&ns, "app", "vault-app");
-    app["spec"]["serviceAccountName"] = json!("app-sa");
-    cluster::apply(&client, app).await;
-    let pod = running(cluster, &client, &ns, "app").await;
-    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    );
+    let (_, volume) = run_app(cluster, &client, vault, Some("app-sa")).await;
     assert_eq!(
-        std::fs::read_to_string(cluster.volume_path(uid, "secrets").join("password")).unwrap(),
+        std::fs::read_to_string(volume.join("password")).unwrap(),
         password
     );
     let logins = bao
@@ -586,26 +609,18 @@ async fn aws_irsa_assumes_the_role_with_kubelets_token_against_moto() {
         ),
     )
     .await;
-    cluster::apply(
-        &client,
+    let aws = class(
+        &ns,
+        "aws-app",
+        "aws",
         json!({
-            "apiVersion": GROUP_V1,
-            "kind": "SecretProviderClass",
-            "metadata": {"name": "aws-app", "namespace": ns},
-            "spec": {"provider": "aws", "parameters": {
-                "region": "us-east-1",
-                "objects": "- objectName: prod/db\n  objectType: secretsmanager\n",
-            }},
+            "region": "us-east-1",
+            "objects": "- objectName: prod/db\n  objectType: secretsmanager\n",
         }),
-    )
-    .await;
-    let mut app = pod(&ns, "app", "aws-app");
-    app["spec"]["serviceAccountName"] = json!("app-sa");
-    cluster::apply(&client, app).await;
-    let pod = running(cluster, &client, &ns, "app").await;
-    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    );
+    let (_, volume) = run_app(cluster, &client, aws, Some("app-sa")).await;
     assert_eq!(
-        std::fs::read_to_string(cluster.volume_path(uid, "secrets").join("prod_db")).unwrap(),
+        std::fs::read_to_string(volume.join("prod_db")).unwrap(),
         value
     );
     assert!(moto.count("AssumeRoleWithWebIdentity") >= 1);
@@ -622,16 +637,10 @@ async fn a_v1alpha1_class_served_by_the_real_api_server_mounts() {
     let client = cluster.client().await;
     let ns = cluster.namespace("alpha").await;
     std::fs::write(cluster.local_root.join(format!("{ns}.yaml")), "k: legacy\n").unwrap();
-    let mut class = local_class(&ns, "old", &format!("{ns}.yaml"), "- objectName: k\n");
-    class["apiVersion"] = json!("secrets-store.csi.x-k8s.io/v1alpha1");
-    cluster::apply(&client, class).await;
-    cluster::apply(&client, pod(&ns, "app", "old")).await;
-    let pod = running(cluster, &client, &ns, "app").await;
-    let uid = pod["metadata"]["uid"].as_str().unwrap();
-    assert_eq!(
-        std::fs::read_to_string(cluster.volume_path(uid, "secrets").join("k")).unwrap(),
-        "legacy"
-    );
+    let mut old = local_class(&ns, "old", &format!("{ns}.yaml"), "- objectName: k\n");
+    old["apiVersion"] = json!("secrets-store.csi.x-k8s.io/v1alpha1");
+    let (_, volume) = run_app(cluster, &client, old, None).await;
+    assert_eq!(std::fs::read_to_string(volume.join("k")).unwrap(), "legacy");
     cluster::delete(&client, "v1", "Namespace", None, &ns).await;
 }
 

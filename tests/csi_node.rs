@@ -185,7 +185,10 @@ async fn publish_mounts_tmpfs_writes_files_records_status_and_unpublish_cleans_u
     let Some((api, driver)) = local_setup().await else {
         return;
     };
-    let pod = Pod::new("web-1", "team");
+    // The pod exists, as under kubelet: the garbage collector removes the records of pods that
+    // do not.
+    let mut pod = Pod::new("web-1", "team");
+    pod.register(&api, "app");
     let target = driver.target(&pod.uid, "secrets");
     let mut node = driver.node();
     node.node_publish_volume(pod.publish(&target, "app"))
@@ -668,7 +671,8 @@ async fn v1alpha1_classes_mount_with_a_deprecation_warning_and_foreign_node_stat
         crd,
         &json!({"spec": {"versions": definition["spec"]["versions"]}}),
     );
-    let pod = Pod::new("sts-0", "team");
+    let mut pod = Pod::new("sts-0", "team");
+    pod.create_in(&api, "v", "app", None);
     api.insert(
         GROUP,
         "secretproviderclasspodstatuses",
@@ -680,12 +684,7 @@ async fn v1alpha1_classes_mount_with_a_deprecation_warning_and_foreign_node_stat
             "status": {"podName": "sts-0", "mounted": true, "targetPath": "/old"},
         }),
     );
-    let target = driver.target(&pod.uid, "v");
-    driver
-        .node()
-        .node_publish_volume(pod.publish(&target, "app"))
-        .await
-        .unwrap();
+    let target = driver.publish_ok(&pod, "v", "app").await;
     assert!(
         driver.logs().contains("v1alpha1, which is deprecated"),
         "{}",

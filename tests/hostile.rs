@@ -50,12 +50,7 @@ async fn assert_still_serving(driver: &Driver, api: &dyn TestApi) {
         "- objectName: ok\n",
     );
     let pod = Pod::new("healthy", "healthy");
-    let target = driver.target(&pod.uid, "v");
-    driver
-        .node()
-        .node_publish_volume(pod.publish(&target, "healthy"))
-        .await
-        .unwrap();
+    let target = driver.publish_ok(&pod, "v", "healthy").await;
     assert_eq!(std::fs::read_to_string(target.join("ok")).unwrap(), "fine");
     driver
         .node()
@@ -404,12 +399,7 @@ async fn a_class_cannot_read_tls_files_from_another_pods_volume() {
         "- objectName: tls.key\n",
     );
     let victim = Pod::new("victim", "victim");
-    let victim_target = driver.target(&victim.uid, "tls");
-    driver
-        .node()
-        .node_publish_volume(victim.publish(&victim_target, "victim"))
-        .await
-        .unwrap();
+    let victim_target = driver.publish_ok(&victim, "tls", "victim").await;
     let stolen = victim_target.join("tls.key");
     assert!(stolen.exists());
     // Inside the allowed directory, a link into the kubelet root.
@@ -496,12 +486,7 @@ async fn an_edited_status_target_path_never_syncs_another_namespaces_volume() {
     );
     let mut victim = Pod::new("victim", "victim");
     victim.create_in(&api, "v", "victim", None);
-    let victim_target = driver.target(&victim.uid, "v");
-    driver
-        .node()
-        .node_publish_volume(victim.publish(&victim_target, "victim"))
-        .await
-        .unwrap();
+    let victim_target = driver.publish_ok(&victim, "v", "victim").await;
 
     api.insert(
         GROUP,
@@ -520,12 +505,7 @@ async fn an_edited_status_target_path_never_syncs_another_namespaces_volume() {
     );
     let mut thief = Pod::new("thief", "evil");
     thief.create_in(&api, "v", "loot", None);
-    let thief_target = driver.target(&thief.uid, "v");
-    driver
-        .node()
-        .node_publish_volume(thief.publish(&thief_target, "loot"))
-        .await
-        .unwrap();
+    let thief_target = driver.publish_ok(&thief, "v", "loot").await;
     let synced = eventually(WAIT, "the thief's own Secret", || {
         api.get("", "secrets", "evil", "loot")
     })
@@ -778,12 +758,7 @@ async fn a_synced_secret_with_a_forged_future_content_time_is_repaired() {
     );
     let mut pod = Pod::new("p", "ns");
     pod.create_in(&api, "v", "c", None);
-    let target = driver.target(&pod.uid, "v");
-    driver
-        .node()
-        .node_publish_volume(pod.publish(&target, "c"))
-        .await
-        .unwrap();
+    driver.publish_ok(&pod, "v", "c").await;
     eventually(WAIT, "the synced Secret", || {
         api.get("", "secrets", "ns", "synced")
     })
@@ -870,12 +845,7 @@ async fn rust_log_error_shows_no_dependency_debug_output() {
     std::fs::write(driver.local_root.join("s.yaml"), "a: b\n").unwrap();
     local_class(&api, "ns", "c", "s.yaml", "- objectName: a\n");
     let pod = Pod::new("p", "ns");
-    let target = driver.target(&pod.uid, "v");
-    driver
-        .node()
-        .node_publish_volume(pod.publish(&target, "c"))
-        .await
-        .unwrap();
+    driver.publish_ok(&pod, "v", "c").await;
     let logs = driver.logs();
     assert!(
         !logs.contains("DEBUG") && !logs.contains("TRACE"),

@@ -77,15 +77,6 @@ fn owner_uids(secret: &Value) -> Vec<String> {
     uids
 }
 
-async fn publish(driver: &Driver, pod: &Pod, volume: &str, class: &str) {
-    let target = driver.target(&pod.uid, volume);
-    driver
-        .node()
-        .node_publish_volume(pod.publish(&target, class))
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn secret_objects_sync_owned_by_the_pods_controller_and_bad_entries_fail_alone() {
     if !support::require_root() {
@@ -133,7 +124,7 @@ async fn secret_objects_sync_owned_by_the_pods_controller_and_bad_entries_fail_a
     let rs = workload(&api, "replicasets", "ReplicaSet", "team", "web-7c9", None);
     let mut pod = Pod::new("web-7c9-x1", "team");
     pod.create_in(&api, "secrets", "app", Some(("ReplicaSet", &rs)));
-    publish(&driver, &pod, "secrets", "app").await;
+    driver.publish_ok(&pod, "secrets", "app").await;
 
     let synced = eventually(WAIT, "app-secret", || secret(&api, "team", "app-secret")).await;
     let data = secret_data(&synced);
@@ -293,8 +284,8 @@ async fn shared_secrets_keep_one_owner_per_workload_until_garbage_collection() {
     pod_a.create_in(&api, "v", "app", Some(("ReplicaSet", &rs_a)));
     let mut pod_b = Pod::new("b-1-x", "team");
     pod_b.create_in(&api, "v", "app", Some(("ReplicaSet", &rs_b)));
-    publish(&driver, &pod_a, "v", "app").await;
-    publish(&driver, &pod_b, "v", "app").await;
+    driver.publish_ok(&pod_a, "v", "app").await;
+    driver.publish_ok(&pod_b, "v", "app").await;
     let mut expected = vec![
         rs_a["metadata"]["uid"].as_str().unwrap().to_owned(),
         rs_b["metadata"]["uid"].as_str().unwrap().to_owned(),
@@ -331,7 +322,7 @@ async fn shared_secrets_keep_one_owner_per_workload_until_garbage_collection() {
     // A bare pod's Secret is owned by the status record, which the pod owns.
     let mut bare = Pod::new("bare", "team");
     bare.create_in(&api, "v", "solo", None);
-    publish(&driver, &bare, "v", "solo").await;
+    driver.publish_ok(&bare, "v", "solo").await;
     let solo = eventually(WAIT, "solo", || secret(&api, "team", "solo")).await;
     let owners = solo["metadata"]["ownerReferences"].as_array().unwrap();
     assert_eq!(owners.len(), 1);
@@ -392,7 +383,7 @@ async fn without_secret_rbac_mounts_work_and_one_warning_names_the_fix() {
     for name in ["p1", "p2"] {
         let mut pod = Pod::new(name, "team");
         pod.create_in(&api, "v", "app", None);
-        publish(&driver, &pod, "v", "app").await;
+        driver.publish_ok(&pod, "v", "app").await;
         let files = read_tree(&driver.target(&pod.uid, "v"));
         assert_eq!(files[0].1, ALPHA.as_bytes());
     }
@@ -476,21 +467,21 @@ async fn rotation_follows_the_interval_updates_files_secrets_and_versions_and_fa
     pod.create_in(&api, "v", "fast", None);
     let mut slow_pod = Pod::new("slow", "team");
     slow_pod.create_in(&api, "v", "slow", None);
-    publish(&driver, &pod, "v", "fast").await;
-    publish(&driver, &slow_pod, "v", "slow").await;
+    driver.publish_ok(&pod, "v", "fast").await;
+    driver.publish_ok(&slow_pod, "v", "slow").await;
     eventually(WAIT, "rot synced", || secret(&api, "team", "rot")).await;
     let version_before = status_of(&api, &pod, "fast")["status"]["objects"].clone();
     assert_eq!(ready_condition(&status_of(&api, &pod, "fast")).1, "Mounted");
 
     // Before the class's interval: nothing is fetched.
     write_source(&driver, "v2-0b9e");
-    publish(&driver, &pod, "v", "fast").await;
+    driver.publish_ok(&pod, "v", "fast").await;
     assert_eq!(file(&driver, &pod, "v", "alpha").unwrap(), "v1-a7c2");
 
     // After it: files, Secret and versions follow; the node's 1h interval still gates `slow`.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    publish(&driver, &pod, "v", "fast").await;
-    publish(&driver, &slow_pod, "v", "slow").await;
+    driver.publish_ok(&pod, "v", "fast").await;
+    driver.publish_ok(&slow_pod, "v", "slow").await;
     assert_eq!(file(&driver, &pod, "v", "alpha").unwrap(), "v2-0b9e");
     assert_eq!(file(&driver, &slow_pod, "v", "alpha").unwrap(), "v1-a7c2");
     eventually(WAIT, "rot rotated", || {
@@ -514,7 +505,7 @@ async fn rotation_follows_the_interval_updates_files_secrets_and_versions_and_fa
     )
     .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    publish(&driver, &pod, "v", "fast").await;
+    driver.publish_ok(&pod, "v", "fast").await;
     assert_eq!(file(&driver, &pod, "v", "alpha").unwrap(), "v2-0b9e");
     let failed = status_of(&api, &pod, "fast");
     let (status, reason, message) = ready_condition(&failed);
@@ -547,7 +538,7 @@ async fn rotation_follows_the_interval_updates_files_secrets_and_versions_and_fa
         &json!({"spec": {"parameters": {"objects": "- objectName: alpha\n"}}}),
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    publish(&driver, &pod, "v", "fast").await;
+    driver.publish_ok(&pod, "v", "fast").await;
     assert_eq!(
         file(&driver, &pod, "v", "alpha").unwrap(),
         "v3-44d1",
@@ -604,7 +595,7 @@ async fn a_driver_killed_mid_rotation_restarts_with_files_and_secrets_consistent
     );
     let mut pod = Pod::new("p", "team");
     pod.create_in(&api, "v", "app", None);
-    publish(&driver, &pod, "v", "app").await;
+    driver.publish_ok(&pod, "v", "app").await;
     eventually(WAIT, "pair synced", || secret(&api, "team", "pair")).await;
 
     // The provider answers slowly; the driver is SIGKILLed while the rotation is in flight.
@@ -653,7 +644,7 @@ async fn a_driver_killed_mid_rotation_restarts_with_files_and_secrets_consistent
 
     // The next republish completes the rotation; files and Secret move together.
     fake.set(version("new"));
-    publish(&driver, &pod, "v", "app").await;
+    driver.publish_ok(&pod, "v", "app").await;
     assert_eq!(std::fs::read(target.join("a")).unwrap(), b"a-new");
     assert_eq!(std::fs::read(target.join("b")).unwrap(), b"b-new");
     eventually(WAIT, "pair follows", || {
@@ -708,7 +699,7 @@ async fn a_changed_synced_value_rolls_out_the_owning_deployment_when_asked() {
     );
     let mut pod = Pod::new("web-5f6-q", "team");
     pod.create_in(&api, "v", "app", Some(("ReplicaSet", &rs)));
-    publish(&driver, &pod, "v", "app").await;
+    driver.publish_ok(&pod, "v", "app").await;
     eventually(WAIT, "env synced", || secret(&api, "team", "env")).await;
     let annotation = |api: &dyn TestApi| {
         api.get("apps", "deployments", "team", "web").unwrap()["spec"]["template"]["metadata"]
@@ -724,7 +715,7 @@ async fn a_changed_synced_value_rolls_out_the_owning_deployment_when_asked() {
 
     write_source(&driver, "second-90c3");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    publish(&driver, &pod, "v", "app").await;
+    driver.publish_ok(&pod, "v", "app").await;
     eventually(WAIT, "the Deployment's restart annotation", || {
         annotation(&api)
     })

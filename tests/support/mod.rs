@@ -248,6 +248,17 @@ impl Driver {
         ))
     }
 
+    /// Publishes `pod`'s `volume` of `class` as kubelet would, expecting success; returns the
+    /// target.
+    pub async fn publish_ok(&self, pod: &Pod, volume: &str, class: &str) -> PathBuf {
+        let target = self.target(&pod.uid, volume);
+        self.node()
+            .node_publish_volume(pod.publish(&target, class))
+            .await
+            .unwrap();
+        target
+    }
+
     /// Publishes a volume of `class` for each pod, ten at a time as a rollout would, then
     /// unpublishes them; any failure panics.
     pub async fn publish_rollout(

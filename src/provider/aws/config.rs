@@ -317,8 +317,15 @@ fn parse_object(
                 "jmesPath[{index}]: Object alias must be specified for JMES object {name} (path {path})"
             ));
         }
-        jmes::check(&path)
-            .map_err(|reason| format!("jmesPath[{index}].path: Invalid JMES Path: {reason}"))?;
+        jmes::check(&path).map_err(|reason| {
+            // A path past the length bound is not repeated back; the reason gives its size.
+            let shown = if path.len() <= limits::MAX_JMES_LEN {
+                format!(": {path}.")
+            } else {
+                ".".to_owned()
+            };
+            format!("jmesPath[{index}].path: Invalid JMES Path{shown} {reason}")
+        })?;
         check_traversal(&alias, &format!("jmesPath[{index}].objectAlias"))?;
         check_file(&alias, &format!("jmesPath[{index}].objectAlias"))?;
         let mode = permission(
