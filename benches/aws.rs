@@ -98,7 +98,8 @@ async fn latency(api: &dyn TestApi, moto: &Moto, iterations: usize) {
         let mut node = driver.node();
         let mut publishes = Vec::with_capacity(iterations);
         // Credentials are obtained once per identity, before the measured publishes.
-        let warm = pod(size * 100_000 + iterations);
+        let mut warm = pod(size * 100_000 + iterations);
+        warm.register(api, &class);
         let target = driver.target(&warm.uid, "secrets");
         node.node_publish_volume(warm.publish_with_tokens(
             &target,
@@ -113,7 +114,8 @@ async fn latency(api: &dyn TestApi, moto: &Moto, iterations: usize) {
             .unwrap();
         moto.reset_calls();
         for i in 0..iterations {
-            let pod = pod(size * 100_000 + i);
+            let mut pod = pod(size * 100_000 + i);
+            pod.register(api, &class);
             let target = driver.target(&pod.uid, "secrets");
             let request = pod.publish_with_tokens(&target, &class, api, &["sts.amazonaws.com"]);
             let started = Instant::now();
@@ -161,7 +163,8 @@ async fn calls(api: &dyn TestApi, moto: &Moto) {
     )
     .await;
     moto.reset_calls();
-    let app = pod(1);
+    let mut app = pod(1);
+    app.register(api, "bench-50");
     let target = driver.target(&app.uid, "secrets");
     let publish = || app.publish_with_tokens(&target, "bench-50", api, &["sts.amazonaws.com"]);
     driver.node().node_publish_volume(publish()).await.unwrap();

@@ -53,7 +53,8 @@ async fn main() {
         let mut publish = Vec::with_capacity(iterations);
         let mut remove = Vec::with_capacity(iterations);
         for i in 0..iterations {
-            let pod = Pod::new(&format!("p{n}-{i}"), "bench");
+            let mut pod = Pod::new(&format!("p{n}-{i}"), "bench");
+            pod.create_in(&api, "v", &format!("bench-{n}"), None);
             let target = driver.target(&pod.uid, "v");
             let started = Instant::now();
             node.node_publish_volume(pod.publish(&target, &format!("bench-{n}")))
@@ -77,7 +78,11 @@ async fn main() {
     }
 
     let pods: Vec<Pod> = (0..VOLUMES_FOR_RSS)
-        .map(|i| Pod::new(&format!("rss-{i}"), "bench"))
+        .map(|i| {
+            let mut pod = Pod::new(&format!("rss-{i}"), "bench");
+            pod.create_in(&api, "v", "bench-10", None);
+            pod
+        })
         .collect();
     for pod in &pods {
         node.node_publish_volume(pod.publish(&driver.target(&pod.uid, "v"), "bench-10"))

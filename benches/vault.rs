@@ -143,7 +143,8 @@ async fn latency(api: &ApiServer, bao: &OpenBao, iterations: usize) {
         let mut sequential = Vec::with_capacity(iterations);
         let mut parallel = Vec::with_capacity(iterations);
         for i in 0..iterations {
-            let pod = pod(size * 100_000 + i);
+            let mut pod = pod(size * 100_000 + i);
+            pod.register(api, &class);
             let target = driver.target(&pod.uid, "secrets");
             let request = pod.publish_with_tokens(&target, &class, api, &["vault"]);
             let started = Instant::now();
@@ -191,7 +192,10 @@ async fn backend_load(api: &ApiServer, bao: &OpenBao) {
             json!({"roleName": "app", "objects": objects(5)}),
         ),
     );
-    for (label, ttl) in [("30s (default)", "30s"), ("off (0s)", "0s")] {
+    for (round, (label, ttl)) in [("30s (default)", "30s"), ("off (0s)", "0s")]
+        .into_iter()
+        .enumerate()
+    {
         let driver = Driver::start(
             api,
             &[
@@ -201,7 +205,7 @@ async fn backend_load(api: &ApiServer, bao: &OpenBao) {
         )
         .await;
         let mark = bao.requests().len();
-        let pods: Vec<Pod> = (0..PODS).map(|i| pod(900_000 + i)).collect();
+        let pods: Vec<Pod> = (0..PODS).map(|i| pod(900_000 + round * 1000 + i)).collect();
         driver.publish_rollout(api, &pods, "five", &["vault"]).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let requests = bao.requests().split_off(mark);

@@ -221,7 +221,8 @@ impl PodStatusWriter {
 }
 
 /// Reads `name`, lets `change` edit it (returning whether there is anything to write) and
-/// replaces it, retrying on conflicts with other writers. `Ok(false)` if it does not exist.
+/// replaces it, retrying on conflicts with other writers. `Ok(false)` if it does not exist,
+/// or stopped existing before the write (the garbage collector removed it meanwhile).
 async fn edit(
     api: &Api<SecretProviderClassPodStatus>,
     name: &str,
@@ -237,6 +238,7 @@ async fn edit(
         }
         match api.replace(name, &PostParams::default(), &existing).await {
             Ok(_) => return Ok(true),
+            Err(kube::Error::Api(response)) if response.code == 404 => return Ok(false),
             Err(kube::Error::Api(response))
                 if response.code == 409 && attempt < CONFLICT_RETRIES =>
             {

@@ -259,8 +259,9 @@ impl Driver {
         target
     }
 
-    /// Publishes a volume of `class` for each pod, ten at a time as a rollout would, then
-    /// unpublishes them; any failure panics.
+    /// Stores each pod (kubelet mounts only pods that exist), publishes a volume `secrets` of
+    /// `class` for each, ten at a time as a rollout would, then unpublishes them; any failure
+    /// panics. Pod names must be new to the API server.
     pub async fn publish_rollout(
         &self,
         api: &dyn TestApi,
@@ -268,6 +269,10 @@ impl Driver {
         class: &str,
         audiences: &[&str],
     ) {
+        let mut pods = pods.to_vec();
+        for pod in &mut pods {
+            pod.register(api, class);
+        }
         for wave in pods.chunks(10) {
             let publishes = wave.iter().map(|pod| {
                 let target = self.target(&pod.uid, "secrets");
