@@ -13,8 +13,9 @@ use crate::cli::{
     UnmountArgs, VaultArgs,
 };
 use crate::crd::SecretProviderClass;
-use crate::csi::{self, DriverInfo, request as attr};
+use crate::csi::{self, DriverInfo};
 use crate::metrics::{self, Metrics};
+use crate::pod::{self as attr, PodInfo};
 use crate::pod_status::PodStatusWriter;
 use crate::provider::aws::{self, AwsProvider};
 use crate::provider::local::LocalProvider;
@@ -22,10 +23,10 @@ use crate::provider::vault::config::{TlsConfig, TlsFile, TlsPolicy};
 use crate::provider::vault::{self, VaultProvider, auth::Credentials};
 use crate::provider::version_key::VersionKey;
 use crate::provider::{ObjectVersion, Provider, Registry, RegistryConfig, serve};
-use crate::publish::{self, Context, Mode, PodInfo, PublishRequest, Published};
+use crate::publish::{self, Context, Mode, PublishRequest, Published};
 use crate::volume::target::KubeletRoot;
 use crate::volume::{MountMode, TmpfsOptions, mount};
-use crate::{events, shutdown, sync};
+use crate::{events, grpc, shutdown, sync};
 
 /// The version printed by `--version` and reported to kubelet.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -188,7 +189,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         );
     }
     let client = kube_client(args.kubeconfig.as_deref()).await?;
-    let socket = csi::socket_path(&args.endpoint)?;
+    let socket = grpc::socket_path(&args.endpoint)?;
     let kubelet_root = KubeletRoot::new(&args.kubelet_root_dir).with_context(|| {
         format!(
             "--kubelet-root-dir {}: kubelet's root directory must be mounted into the driver",
@@ -312,7 +313,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         ));
     }
 
-    let listener = csi::bind(&socket)?;
+    let listener = grpc::bind(&socket)?;
     let info = DriverInfo {
         name: args.drivername.clone(),
         version: VERSION.to_owned(),
@@ -531,7 +532,7 @@ fn mount_credentials(args: &MountArgs) -> anyhow::Result<Credentials> {
 
 /// `provider NAME --endpoint`: serves a built-in provider on a plugin socket until signalled.
 async fn run_provider(args: ProviderServeArgs) -> anyhow::Result<()> {
-    let socket = csi::socket_path(&args.endpoint)?;
+    let socket = grpc::socket_path(&args.endpoint)?;
     let provider: Arc<dyn Provider> = match args.name.as_str() {
         vault::NAME => {
             let key = version_key(Some(&key_file_path(
@@ -564,7 +565,7 @@ async fn run_provider(args: ProviderServeArgs) -> anyhow::Result<()> {
         other => bail!("{other:?} is not a built-in provider that can be served; use: vault, aws"),
     };
     let shutdown = shutdown::on_signal().context("installing signal handlers")?;
-    let listener = csi::bind(&socket)?;
+    let listener = grpc::bind(&socket)?;
     tracing::info!(provider = %args.name, endpoint = %socket.display(), "serving built-in provider");
     serve::serve(listener, socket, &args.name, VERSION, provider, shutdown)
         .await
@@ -574,7 +575,7 @@ async fn run_provider(args: ProviderServeArgs) -> anyhow::Result<()> {
 }
 
 fn csi_message(err: &publish::PublishError) -> String {
-    csi::full_message(err)
+    crate::error::full_message(err)
 }
 
 fn mount_request(args: &MountArgs, name: &str, namespace: &str, target: PathBuf) -> PublishRequest {

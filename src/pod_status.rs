@@ -8,8 +8,8 @@ use crate::crd::{
     NODE_NAME_LABEL, PodStatusCondition, READY_CONDITION, SecretProviderClassObject,
     SecretProviderClassPodStatus, SecretProviderClassPodStatusStatus,
 };
+use crate::pod::PodInfo;
 use crate::provider::ObjectVersion;
-use crate::publish::PodInfo;
 
 /// Longest Kubernetes object name.
 const MAX_NAME_LEN: usize = 253;

@@ -10,15 +10,15 @@ use crate::class::{self, ClassError, ClassSource};
 use crate::events::{self, PodRef, Recorder, Severity};
 use crate::limits::{DEFAULT_CONCURRENT_FETCHES, DEFAULT_VOLUME_BYTES, FetchSlots};
 use crate::metrics::Metrics;
+use crate::pod::PodInfo;
 use crate::pod_status::{Fetch, PodStatusError, PodStatusWriter};
-use crate::provider::{MountRequest, ObjectVersion, ProviderError, Registry};
+use crate::provider::{
+    DEFAULT_FILE_MODE, MountRequest, MountedFiles, ObjectVersion, ProviderError, Registry,
+};
 use crate::redact::SecretString;
 use crate::volume::atomic_writer::WriteOutcome;
 use crate::volume::target::{KubeletRoot, TargetError};
 use crate::volume::{self, AtomicWriter, MountError, MountMode, Payload, PayloadError, WriteError};
-
-/// Default file mode told to providers, as upstream (`"420"` on the wire).
-pub const DEFAULT_FILE_MODE: u32 = 0o644;
 
 /// What the pipeline needs from the process around it.
 #[derive(Debug)]
@@ -144,19 +144,6 @@ impl Context {
         last.and_then(|at| at.elapsed().ok())
             .is_none_or(|age| age >= interval)
     }
-}
-
-/// The pod a volume belongs to, from kubelet's `podInfoOnMount` attributes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodInfo {
-    /// Pod name.
-    pub name: String,
-    /// Pod namespace: SecretProviderClasses are looked up here only.
-    pub namespace: String,
-    /// Pod UID, the SPCPS owner.
-    pub uid: String,
-    /// The pod's service account.
-    pub service_account: String,
 }
 
 /// One volume to publish, already validated at the edge.
@@ -352,7 +339,7 @@ pub async fn publish(
                 // A failed rotation must not fail the pod (kubernetes#121271): keep the old files,
                 // but say so where people look: the pod's Events and the SPCPS condition.
                 ctx.metrics.rotation_error(&provider, &error.error_type());
-                let message = crate::csi::full_message(&error);
+                let message = crate::error::full_message(&error);
                 tracing::warn!(error = %message, "rotation failed, keeping the mounted contents");
                 report_rotation_failure(ctx, request, &message).await;
                 return Ok(Published {
@@ -492,7 +479,7 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
         )
     };
     let provider = ctx.providers.get(&provider_name).map_err(provider_fail)?;
-    let parameters = class::merge_parameters(
+    let mut parameters = class::merge_parameters(
         namespace,
         &request.class_name,
         spec,
@@ -500,6 +487,8 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
         provider.class_parameters(),
     )
     .map_err(|e| Failure::new(e, Some(&provider_name), remount))?;
+    // The typed identity is the only one providers see; a class cannot set it.
+    PodInfo::take_from(&mut parameters);
 
     // Volume: the tmpfs exists before the provider is called (legacy providers write into it).
     let prepared = if mounted {
@@ -586,6 +575,18 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
     })
 }
 
+/// The mounted volume's files as a provider may read them back: only after a completed swap,
+/// only through the links into `..data`.
+fn mounted_files(target: &Path) -> MountedFiles {
+    let Ok(root) = target.canonicalize() else {
+        return MountedFiles::default();
+    };
+    if AtomicWriter::swapped_at(&root).is_err() {
+        return MountedFiles::default();
+    }
+    MountedFiles::new(move |name| volume::read_published(&root, name).ok())
+}
+
 struct Fetched {
     versions: Vec<ObjectVersion>,
     files: Vec<FileSummary>,
@@ -620,16 +621,24 @@ async fn fetch_and_write(
     let timeout = request
         .timeout
         .map(|timeout| timeout.saturating_sub(started.elapsed()));
+    let current_versions = ctx
+        .volume_state(&request.target_path)
+        .map(|s| s.versions)
+        .unwrap_or_default();
+    let mounted = if current_versions.is_empty() {
+        MountedFiles::default()
+    } else {
+        mounted_files(&request.target_path)
+    };
     let mount_request = MountRequest {
+        pod: request.pod.clone(),
         parameters,
         service_account_tokens: request.service_account_tokens.clone(),
         secrets: request.secrets.clone(),
         target_path: request.target_path.clone(),
         default_mode: DEFAULT_FILE_MODE,
-        current_versions: ctx
-            .volume_state(&request.target_path)
-            .map(|s| s.versions)
-            .unwrap_or_default(),
+        current_versions,
+        mounted,
         timeout,
         max_bytes: ctx.volume_bytes,
     };

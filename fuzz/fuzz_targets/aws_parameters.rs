@@ -18,7 +18,7 @@ fuzz_target!(|input: &[u8]| {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     parameters.insert("objects".to_owned(), objects.to_owned());
-    if let Ok(volume) = config::parse(&parameters, region) {
+    if let Ok(volume) = config::parse(&parameters, region, &Default::default()) {
         for object in &volume.objects {
             assert!(limits::check_file_path(&object.file).is_ok());
             for entry in &object.jmes {

@@ -17,7 +17,7 @@ fuzz_target!(|input: &[u8]| {
             let _ = limits::check_file_path(path);
             ProviderFile {
                 path: path.to_owned(),
-                mode: mode.parse().unwrap_or(-1),
+                mode: mode.parse().unwrap_or(u32::MAX),
                 contents: Secret::new(line.as_bytes().to_vec()),
             }
         })

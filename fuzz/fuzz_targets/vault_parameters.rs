@@ -24,7 +24,7 @@ fuzz_target!(|input: &[u8]| {
         },
         ..Defaults::default()
     };
-    if let Ok(volume) = config::parse(&parameters, &defaults) {
+    if let Ok(volume) = config::parse(&parameters, &Default::default(), &defaults) {
         for file in [
             &volume.tls.ca_cert,
             &volume.tls.ca_directory,

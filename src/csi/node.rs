@@ -7,8 +7,9 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use super::guard::InFlight;
-use super::request::{check_target, grpc_timeout, publish_request};
-use super::status::full_message;
+use super::request::{check_target, publish_request};
+use crate::error::full_message;
+use crate::grpc::grpc_timeout;
 use crate::proto::csi::v1 as pb;
 use crate::proto::csi::v1::node_server::Node;
 use crate::publish::{self, Context, Mode, Outcome};

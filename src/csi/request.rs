@@ -6,23 +6,14 @@ use std::time::Duration;
 
 use tonic::Status;
 
-use crate::limits::{MAX_ATTRIBUTES, MAX_GRPC_TIMEOUT_DIGITS, MAX_PARAMETER_BYTES};
+use crate::limits::{MAX_ATTRIBUTES, MAX_PARAMETER_BYTES};
+use crate::pod::{
+    CLASS_ATTRIBUTE, POD_NAME, POD_NAMESPACE, POD_UID, PodInfo, SERVICE_ACCOUNT, TOKENS_ATTRIBUTE,
+};
 use crate::proto::csi::v1 as pb;
-use crate::provider::TOKENS_ATTRIBUTE;
-use crate::publish::{PodInfo, PublishRequest};
+use crate::publish::PublishRequest;
 use crate::redact::Secret;
 use crate::volume::target::KubeletRoot;
-
-/// Volume attribute naming the SecretProviderClass.
-pub const CLASS_ATTRIBUTE: &str = "secretProviderClass";
-/// Pod name attribute (kubelet, `podInfoOnMount`).
-pub const POD_NAME: &str = "csi.storage.k8s.io/pod.name";
-/// Pod namespace attribute.
-pub const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
-/// Pod UID attribute.
-pub const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
-/// Service account name attribute.
-pub const SERVICE_ACCOUNT: &str = "csi.storage.k8s.io/serviceAccount.name";
 
 /// Checks a NodePublishVolume request in upstream's order, each failure an `INVALID_ARGUMENT`
 /// naming the field and how to fix it. With `kubelet_root` (on a node) the target must be
@@ -146,36 +137,6 @@ pub fn check_target(target: &std::path::Path, root: Option<&KubeletRoot>) -> Res
     }
 }
 
-/// The caller's deadline from the `grpc-timeout` header (e.g. `119999m`), if any.
-pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
-}
-
-/// A `grpc-timeout` value: at most 8 ASCII digits and a unit (`H M S m u n`), as the gRPC
-/// spec allows; anything else is no deadline.
-pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if !value.is_ascii() {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty()
-        || digits.len() > MAX_GRPC_TIMEOUT_DIGITS
-        || !digits.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.checked_mul(3600)?),
-        "M" => Duration::from_secs(amount.checked_mul(60)?),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,33 +256,6 @@ mod tests {
             let (code, text) = message(r);
             assert_eq!(code, InvalidArgument);
             assert!(text.contains(key), "{text}");
-        }
-    }
-
-    #[test]
-    fn grpc_timeouts_parse() {
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        assert_eq!(grpc_timeout(&metadata), None);
-        metadata.insert("grpc-timeout", "1500m".parse().unwrap());
-        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_millis(1500)));
-        metadata.insert("grpc-timeout", "2M".parse().unwrap());
-        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_secs(120)));
-        assert_eq!(
-            parse_grpc_timeout("99999999H"),
-            Some(Duration::from_secs(99_999_999 * 3600))
-        );
-        // What once overflowed a multiplication, and what the spec does not allow.
-        for bad in [
-            "18446744073709551615H",
-            "123456789S",
-            "+5S",
-            "5",
-            "",
-            "S",
-            "-1m",
-            "5x",
-        ] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
     }
 

@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::class::ClassError;
+use crate::error::full_message;
 use crate::pod_status::PodStatusError;
 use crate::publish::{PublishError, UnpublishError};
 use crate::volume::{MountError, PayloadError};
@@ -66,18 +67,4 @@ fn kube_code(error: &kube::Error) -> Code {
         kube::Error::Api(status) if status.code == 409 => Code::Aborted,
         _ => Code::Unavailable,
     }
-}
-
-/// The error and its sources, deduplicated: kubelet shows only this string in the pod's events.
-pub fn full_message(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message = format!("{message}: {text}");
-        }
-        source = cause.source();
-    }
-    message
 }

@@ -12,10 +12,8 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
-use super::{
-    MountRequest, MountResponse, ObjectVersion, Provider, ProviderError, ProviderFile,
-    TOKENS_ATTRIBUTE,
-};
+use super::{MountRequest, MountResponse, ObjectVersion, Provider, ProviderError, ProviderFile};
+use crate::pod::TOKENS_ATTRIBUTE;
 use crate::proto::v1alpha1 as pb;
 use crate::proto::v1alpha1::csi_driver_provider_client::CsiDriverProviderClient;
 use crate::redact::Secret;
@@ -142,6 +140,7 @@ impl Provider for ExternalProvider {
 
 fn to_wire(request: MountRequest) -> pb::MountRequest {
     let mut attributes: BTreeMap<String, String> = request.parameters;
+    request.pod.put_into(&mut attributes);
     if let Some(tokens) = request.service_account_tokens {
         attributes.insert(TOKENS_ATTRIBUTE.to_owned(), tokens.into_inner());
     }
@@ -193,7 +192,7 @@ fn from_wire(provider: &str, response: pb::MountResponse) -> Result<MountRespons
             .into_iter()
             .map(|f| ProviderFile {
                 path: f.path,
-                mode: f.mode,
+                mode: f.mode.cast_unsigned(),
                 contents: Secret::new(f.contents),
             })
             .collect(),

@@ -136,7 +136,7 @@ impl LocalProvider {
             });
             files.push(ProviderFile {
                 path,
-                mode: i32::try_from(mode).unwrap_or(0o644),
+                mode,
                 contents: contents.clone(),
             });
         }

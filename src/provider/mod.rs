@@ -16,16 +16,18 @@ pub mod yaml;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub use registry::{Registry, RegistryConfig};
 
+use crate::pod::PodInfo;
 use crate::redact::{SecretBytes, SecretString};
 
-/// Volume attribute under which kubelet passes the pod's service-account tokens (JSON).
-pub const TOKENS_ATTRIBUTE: &str = "csi.storage.k8s.io/serviceAccount.tokens";
+/// Default file mode told to providers, as upstream (`"420"` on the wire).
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
 
 /// A source of secret objects for one volume.
 #[async_trait]
@@ -44,7 +46,10 @@ pub trait Provider: Send + Sync + fmt::Debug {
 /// Everything a provider is told about one volume.
 #[derive(Debug, Clone, Default)]
 pub struct MountRequest {
-    /// SecretProviderClass parameters merged with the pod's volume attributes (no tokens).
+    /// The pod, as kubelet identified it; never taken from the parameters.
+    pub pod: PodInfo,
+    /// SecretProviderClass parameters merged with the pod's other volume attributes (no
+    /// tokens, no identity).
     pub parameters: BTreeMap<String, String>,
     /// The pod's service-account tokens as kubelet sent them (a JSON object per audience).
     pub service_account_tokens: Option<SecretString>,
@@ -56,10 +61,41 @@ pub struct MountRequest {
     pub default_mode: u32,
     /// Versions currently mounted, so a provider can skip unchanged objects.
     pub current_versions: Vec<ObjectVersion>,
+    /// The mounted files of those versions, for a provider that reuses unchanged ones.
+    pub mounted: MountedFiles,
     /// Time left before the caller gives up.
     pub timeout: Option<Duration>,
     /// Bytes the answer may hold, and a built-in provider may read from its backend.
     pub max_bytes: usize,
+}
+
+/// Reads back a file of the volume as mounted now, by its path in the volume. The pipeline
+/// builds it, so a provider never opens a path of its own making; empty on a first mount.
+#[derive(Clone, Default)]
+pub struct MountedFiles(Option<Arc<MountedReader>>);
+
+type MountedReader = dyn Fn(&str) -> Option<Vec<u8>> + Send + Sync;
+
+impl MountedFiles {
+    /// Files read by `read`, which answers `None` for anything missing or refused.
+    pub fn new(read: impl Fn(&str) -> Option<Vec<u8>> + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(read)))
+    }
+
+    /// The mounted contents of `name`, if there are any to trust.
+    pub fn read(&self, name: &str) -> Option<Vec<u8>> {
+        self.0.as_ref().and_then(|read| read(name))
+    }
+}
+
+impl fmt::Debug for MountedFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "MountedFiles"
+        } else {
+            "MountedFiles(none)"
+        })
+    }
 }
 
 /// What a provider returns for one volume.
@@ -85,8 +121,9 @@ pub struct ObjectVersion {
 pub struct ProviderFile {
     /// Path relative to the volume root, as sent (validated by `volume::payload`).
     pub path: String,
-    /// Permission bits as sent (validated by `volume::payload`).
-    pub mode: i32,
+    /// Permission bits as sent (validated by `volume::payload`); a plugin's negative wire
+    /// value arrives as its bit pattern, beyond any valid mode.
+    pub mode: u32,
     /// The secret bytes.
     pub contents: SecretBytes,
 }

@@ -11,16 +11,14 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{MountRequest, ObjectVersion, Provider, TOKENS_ATTRIBUTE};
-use crate::csi::request::grpc_timeout;
+use super::{DEFAULT_FILE_MODE, MountRequest, MountedFiles, ObjectVersion, Provider};
+use crate::grpc::grpc_timeout;
+use crate::pod::{PodInfo, TOKENS_ATTRIBUTE};
 use crate::proto::v1alpha1 as pb;
 use crate::proto::v1alpha1::csi_driver_provider_server::{
     CsiDriverProvider, CsiDriverProviderServer,
 };
 use crate::redact::Secret;
-
-/// Default file mode when the driver sends none (upstream sends `"420"`).
-const DEFAULT_MODE: u32 = 0o644;
 
 /// One built-in provider behind the v1alpha1 service.
 #[derive(Debug)]
@@ -95,7 +93,8 @@ impl CsiDriverProvider for Service {
                         .into_iter()
                         .map(|f| pb::File {
                             path: f.path,
-                            mode: f.mode,
+                            // Valid modes are at most 0o7777, so the cast is exact.
+                            mode: f.mode.cast_signed(),
                             contents: f.contents.into_inner(),
                         })
                         .collect(),
@@ -120,6 +119,7 @@ fn from_wire(
             ))
         })?;
     let tokens = parameters.remove(TOKENS_ATTRIBUTE).map(Secret::new);
+    let pod = PodInfo::take_from(&mut parameters);
     let secrets: Option<BTreeMap<String, String>> = match request.secrets.trim() {
         "" | "null" => None,
         text => Some(serde_json::from_str(text).map_err(|_| {
@@ -129,7 +129,7 @@ fn from_wire(
         })?),
     };
     let default_mode = match request.permission.trim() {
-        "" => DEFAULT_MODE,
+        "" => DEFAULT_FILE_MODE,
         text => text.parse::<u32>().ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
             Status::invalid_argument(format!(
                 "failed to unmarshal file permission {text:?}: expected a decimal mode such as \"420\""
@@ -137,6 +137,7 @@ fn from_wire(
         })?,
     };
     Ok(MountRequest {
+        pod,
         parameters,
         service_account_tokens: tokens,
         secrets: secrets.map(|map| {
@@ -154,6 +155,8 @@ fn from_wire(
                 version: v.version,
             })
             .collect(),
+        // The target belongs to the driver on the other side; nothing is read back from it.
+        mounted: MountedFiles::default(),
         timeout,
         // The driver on the other side bounds its answers the same way by default.
         max_bytes: crate::limits::DEFAULT_VOLUME_BYTES,

@@ -394,7 +394,7 @@ mod tests {
                 .iter()
                 .map(|(path, mode, body)| ProviderFile {
                     path: (*path).to_owned(),
-                    mode: *mode as i32,
+                    mode: *mode,
                     contents: Secret::new(body.as_bytes().to_vec()),
                 })
                 .collect(),

@@ -41,7 +41,7 @@ pub enum PayloadError {
         /// The file.
         path: String,
         /// The offending mode.
-        mode: i32,
+        mode: u32,
     },
     /// One path is both a file and a directory of another path.
     #[error("provider returned {file:?} as a file and as a directory of {other:?}")]
@@ -87,13 +87,13 @@ impl Payload {
                 path: file.path.clone(),
                 reason,
             })?;
-            let mode = u32::try_from(file.mode)
-                .ok()
-                .filter(|mode| *mode <= 0o777)
-                .ok_or_else(|| PayloadError::Mode {
-                    path: file.path.clone(),
+            if file.mode > 0o777 {
+                return Err(PayloadError::Mode {
+                    path: file.path,
                     mode: file.mode,
-                })?;
+                });
+            }
+            let mode = file.mode;
             payload.insert(
                 PathBuf::from(&file.path),
                 PayloadFile {
@@ -155,7 +155,7 @@ mod tests {
         Payload::validate(files, crate::limits::DEFAULT_VOLUME_BYTES)
     }
 
-    fn file(path: &str, mode: i32) -> ProviderFile {
+    fn file(path: &str, mode: u32) -> ProviderFile {
         ProviderFile {
             path: path.to_owned(),
             mode,
@@ -212,7 +212,7 @@ mod tests {
 
     #[test]
     fn rejects_modes_beyond_permission_bits() {
-        for mode in [-1, 0o1000, 0o4755] {
+        for mode in [u32::MAX, 0o1000, 0o4755] {
             assert!(
                 matches!(
                     validate(vec![file("a", mode)]),

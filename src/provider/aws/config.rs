@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 
 use super::{NAME, jmes};
-use crate::csi::request::{POD_NAME, POD_NAMESPACE, SERVICE_ACCOUNT};
 use crate::limits;
+use crate::pod::PodInfo;
 use crate::provider::{ProviderError, parse_go_bool, yaml};
 
 /// The parameters this provider reads, which only the class may set (see
@@ -137,6 +137,7 @@ pub fn region_parameter(parameters: &BTreeMap<String, String>) -> Option<String>
 pub fn parse(
     parameters: &BTreeMap<String, String>,
     region: &str,
+    pod: &PodInfo,
 ) -> Result<VolumeConfig, ProviderError> {
     let get = |key: &str| {
         parameters
@@ -195,9 +196,9 @@ pub fn parse(
         failover_region,
         use_pod_identity,
         address_type,
-        namespace: get(POD_NAMESPACE).unwrap_or_default().to_owned(),
-        pod_name: get(POD_NAME).unwrap_or_default().to_owned(),
-        service_account: get(SERVICE_ACCOUNT).unwrap_or_default().to_owned(),
+        namespace: pod.namespace.clone(),
+        pod_name: pod.name.clone(),
+        service_account: pod.service_account.clone(),
         objects,
     })
 }
@@ -551,7 +552,7 @@ mod tests {
 
     fn parse_objects_text(objects: &str) -> Result<VolumeConfig, String> {
         let parameters = BTreeMap::from([("objects".to_owned(), objects.to_owned())]);
-        parse(&parameters, "us-east-1").map_err(|e| e.to_string())
+        parse(&parameters, "us-east-1", &PodInfo::default()).map_err(|e| e.to_string())
     }
 
     fn error(objects: &str) -> String {
@@ -584,11 +585,14 @@ mod tests {
             ),
             ("pathTranslation".to_owned(), "False".to_owned()),
         ]);
-        let config = parse(&parameters, "us-east-1").unwrap();
+        let config = parse(&parameters, "us-east-1", &PodInfo::default()).unwrap();
         assert_eq!(config.objects[0].file, "app/db");
         parameters.insert("pathTranslation".to_owned(), "-".to_owned());
         assert_eq!(
-            parse(&parameters, "us-east-1").unwrap().objects[0].file,
+            parse(&parameters, "us-east-1", &PodInfo::default())
+                .unwrap()
+                .objects[0]
+                .file,
             "-app-db"
         );
     }
@@ -706,7 +710,10 @@ mod tests {
                 "objects".to_owned(),
                 "- {objectName: x, objectType: secretsmanager}".to_owned(),
             )]);
-            assert!(parse(&parameters, region).is_err(), "{region:?}");
+            assert!(
+                parse(&parameters, region, &PodInfo::default()).is_err(),
+                "{region:?}"
+            );
         }
         let many: String = (0..=crate::limits::MAX_FILES)
             .map(|i| format!("- {{objectName: s{i}, objectType: secretsmanager}}\n"))
@@ -770,7 +777,7 @@ mod tests {
                 ("objects".to_owned(), objects.to_owned()),
                 ("failoverRegion".to_owned(), "us-west-2".to_owned()),
             ]);
-            parse(&parameters, "us-east-1").map_err(|e| e.to_string())
+            parse(&parameters, "us-east-1", &PodInfo::default()).map_err(|e| e.to_string())
         };
         let config = parse_with(
             "- {objectName: 'arn:aws:secretsmanager:us-east-1:1:secret:db-AbC', objectAlias: db, \
@@ -828,7 +835,7 @@ mod tests {
                 ),
                 (key.to_owned(), value.to_owned()),
             ]);
-            parse(&parameters, "us-east-1").map_err(|e| e.to_string())
+            parse(&parameters, "us-east-1", &PodInfo::default()).map_err(|e| e.to_string())
         };
         assert!(with("usePodIdentity", "True").unwrap().use_pod_identity);
         assert!(!with("usePodIdentity", "0").unwrap().use_pod_identity);

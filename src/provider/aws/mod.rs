@@ -32,7 +32,6 @@ use super::shared_cache::SharedCache;
 use super::{MountRequest, MountResponse, ObjectVersion, Provider, ProviderError, ProviderFile};
 use crate::limits::MAX_SHARED_READ_BYTES;
 use crate::redact::Secret;
-use crate::volume::{self, AtomicWriter};
 
 /// The provider name in a SecretProviderClass.
 pub const NAME: &str = "aws";
@@ -124,18 +123,8 @@ impl AwsProvider {
                 }
             });
         }
-        let get = |key: &str| {
-            request
-                .parameters
-                .get(key)
-                .map(String::as_str)
-                .unwrap_or_default()
-        };
         self.cluster
-            .node_region(
-                get(crate::csi::request::POD_NAMESPACE),
-                get(crate::csi::request::POD_NAME),
-            )
+            .node_region(&request.pod.namespace, &request.pod.name)
             .await
     }
 
@@ -282,7 +271,7 @@ impl Provider for AwsProvider {
         self.reads.drop_expired();
         self.clients.drop_expired();
         let region = self.region(&request).await?;
-        let config = config::parse(&request.parameters, &region)?;
+        let config = config::parse(&request.parameters, &region, &request.pod)?;
         let signer = self
             .auth
             .credentials(&config, request.service_account_tokens.as_ref())
@@ -486,16 +475,10 @@ fn mounted_values(config: &VolumeConfig, request: &MountRequest) -> BTreeMap<Str
     if pinned.is_empty() {
         return BTreeMap::new();
     }
-    let Ok(root) = request.target_path.canonicalize() else {
-        return BTreeMap::new();
-    };
-    if AtomicWriter::swapped_at(&root).is_err() {
-        return BTreeMap::new();
-    }
     pinned
         .into_iter()
         .filter_map(|object| {
-            let bytes = volume::read_published(&root, &object.file).ok()?;
+            let bytes = request.mounted.read(&object.file)?;
             let version = object.read.version.clone()?;
             Some((
                 object.file.clone(),
@@ -527,7 +510,7 @@ fn push_object(
         })?;
     files.push(ProviderFile {
         path: object.file.clone(),
-        mode: i32::try_from(mode).unwrap_or(0o644),
+        mode,
         contents: value.bytes.clone(),
     });
     versions.push(ObjectVersion {
@@ -537,7 +520,7 @@ fn push_object(
     for (entry, field) in object.jmes.iter().zip(fields) {
         files.push(ProviderFile {
             path: entry.alias.clone(),
-            mode: i32::try_from(entry.mode.unwrap_or(mode)).unwrap_or(0o644),
+            mode: entry.mode.unwrap_or(mode),
             contents: Secret::new(field),
         });
         versions.push(ObjectVersion {

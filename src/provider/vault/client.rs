@@ -273,7 +273,7 @@ async fn send_once(
     let response = client
         .request(request)
         .await
-        .map_err(|err| Failed::Transport(crate::csi::full_message(&err)))?;
+        .map_err(|err| Failed::Transport(crate::error::full_message(&err)))?;
     let status = response.status().as_u16();
     let declared = response
         .headers()

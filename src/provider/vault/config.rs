@@ -7,8 +7,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 
 use super::NAME;
-use crate::csi::request::{POD_NAME, POD_NAMESPACE, POD_UID, SERVICE_ACCOUNT};
 use crate::limits;
+use crate::pod::PodInfo;
 use crate::provider::{ProviderError, parse_go_bool, yaml};
 
 /// The parameters this provider reads, which only the class may set (see
@@ -152,19 +152,6 @@ impl TlsPolicy {
     }
 }
 
-/// The pod a volume belongs to, as kubelet reported it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct Pod {
-    /// Pod namespace.
-    pub namespace: String,
-    /// Pod name.
-    pub name: String,
-    /// Pod UID.
-    pub uid: String,
-    /// Service account the pod runs as.
-    pub service_account: String,
-}
-
 /// One volume's Vault settings.
 #[derive(Debug, Clone)]
 pub struct VolumeConfig {
@@ -181,7 +168,7 @@ pub struct VolumeConfig {
     /// TLS settings.
     pub tls: TlsConfig,
     /// The pod.
-    pub pod: Pod,
+    pub pod: PodInfo,
     /// Objects, in SPC order.
     pub objects: Vec<ObjectConfig>,
 }
@@ -262,6 +249,7 @@ fn invalid(message: String) -> ProviderError {
 /// Parses one volume's parameters (SPC parameters merged with kubelet's attributes).
 pub fn parse(
     parameters: &BTreeMap<String, String>,
+    pod: &PodInfo,
     defaults: &Defaults,
 ) -> Result<VolumeConfig, ProviderError> {
     let get = |key: &str| {
@@ -358,12 +346,7 @@ pub fn parse(
         role: get("roleName").map(str::to_owned),
         audience: get("audience").unwrap_or("vault").to_owned(),
         tls,
-        pod: Pod {
-            namespace: get(POD_NAMESPACE).unwrap_or_default().to_owned(),
-            name: get(POD_NAME).unwrap_or_default().to_owned(),
-            uid: get(POD_UID).unwrap_or_default().to_owned(),
-            service_account: get(SERVICE_ACCOUNT).unwrap_or_default().to_owned(),
-        },
+        pod: pod.clone(),
         objects,
     })
 }
@@ -580,7 +563,7 @@ mod tests {
     }
 
     fn error(pairs: &[(&str, &str)]) -> String {
-        parse(&params(pairs), &Defaults::default())
+        parse(&params(pairs), &PodInfo::default(), &Defaults::default())
             .unwrap_err()
             .to_string()
     }
@@ -601,8 +584,6 @@ mod tests {
                 ("vaultSkipTLSVerify", "False"),
                 ("vaultTLSClientCertPath", "/c.pem"),
                 ("vaultTLSClientKeyPath", "/k.pem"),
-                (POD_NAMESPACE, "ns"),
-                (SERVICE_ACCOUNT, "sa"),
                 (
                     "objects",
                     "- objectName: cert\n  secretPath: /v1/pki/issue/web?ttl=1h&x=%2F\n  method: put\n  \
@@ -611,6 +592,11 @@ mod tests {
                      - objectName: whole\n  secretPath: v1/secret/x\n  filePermission: 420\n",
                 ),
             ]),
+            &PodInfo {
+                namespace: "ns".into(),
+                service_account: "sa".into(),
+                ..Default::default()
+            },
             &Defaults::default(),
         )
         .unwrap();
@@ -647,7 +633,7 @@ mod tests {
             },
             tls_policy: TlsPolicy::default(),
         };
-        let config = parse(&params(&[("objects", ONE)]), &defaults).unwrap();
+        let config = parse(&params(&[("objects", ONE)]), &PodInfo::default(), &defaults).unwrap();
         assert_eq!(config.address, "http://127.0.0.1:8200");
         assert_eq!(config.auth_mount, "k8s-prod");
         assert_eq!(config.namespace.as_deref(), Some("root-ns"));
@@ -774,7 +760,11 @@ mod tests {
             ..Defaults::default()
         };
         let with = |parameter: &str, path: &str| {
-            parse(&params(&[("objects", ONE), (parameter, path)]), &defaults)
+            parse(
+                &params(&[("objects", ONE), (parameter, path)]),
+                &PodInfo::default(),
+                &defaults,
+            )
         };
         let ok = with("vaultCACertPath", "/etc/vault-tls/ca.pem").unwrap();
         assert_eq!(
@@ -819,6 +809,7 @@ mod tests {
         assert!(
             parse(
                 &params(&[("objects", ONE), ("vaultTLSClientKeyPath", other_pod)]),
+                &PodInfo::default(),
                 &open
             )
             .is_err()

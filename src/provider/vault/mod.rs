@@ -172,7 +172,7 @@ impl Provider for VaultProvider {
         self.reads.drop_expired();
         let deadline = started + request.timeout.unwrap_or(DEFAULT_TIMEOUT);
         let budget = ByteBudget::new(request.max_bytes);
-        let config = config::parse(&request.parameters, &self.settings.defaults)?;
+        let config = config::parse(&request.parameters, &request.pod, &self.settings.defaults)?;
         let pod_tokens = request.service_account_tokens.as_ref();
         let identity = Identity::of(&config);
         let (token, fresh) = self
@@ -229,7 +229,7 @@ impl Provider for VaultProvider {
             let mode = object.mode.unwrap_or(request.default_mode);
             files.push(ProviderFile {
                 path: object.name.clone(),
-                mode: i32::try_from(mode).unwrap_or(0o644),
+                mode,
                 contents: Secret::new(contents),
             });
         }
