@@ -15,6 +15,8 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
+use crate::lock::lock;
+
 /// Upstream's event source component, kept so existing alerts and filters match.
 pub const COMPONENT: &str = "csi-secrets-store-controller";
 
@@ -106,7 +108,7 @@ impl Recorder {
         };
         let now = Time(jiff::Timestamp::now());
         let repeat = {
-            let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            let mut series = lock(&self.series);
             series.retain(|_, s| s.last_sent.elapsed() < SERIES_WINDOW);
             series.get_mut(&key).map(|s| {
                 s.count += 1;
@@ -161,7 +163,7 @@ impl Recorder {
         let name = format!("{}.{:x}", pod.name, jiff::Timestamp::now().as_nanosecond());
         let event = self.event(&name, pod, severity, reason, message, now);
         api.create(&PostParams::default(), &event).await?;
-        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut series = lock(&self.series);
         if series.len() < MAX_REMEMBERED {
             series.insert(
                 key,
@@ -176,10 +178,7 @@ impl Recorder {
     }
 
     fn forget(&self, key: &SeriesKey) {
-        self.series
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        lock(&self.series).remove(key);
     }
 
     fn event(

@@ -27,6 +27,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod limits;
+pub mod lock;
 pub mod metrics;
 pub mod pod;
 pub mod pod_status;

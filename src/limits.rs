@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::lock::lock;
+
 /// Volume attributes one NodePublishVolume may carry (`csi::request`).
 pub const MAX_ATTRIBUTES: usize = 128;
 /// Entries of a SecretProviderClass's `parameters` (`class::check`).
@@ -153,7 +155,7 @@ impl FetchSlots {
     /// Waits for a slot of `namespace` and of the node (callers bound the wait).
     pub async fn acquire(&self, namespace: &str) -> FetchSlot {
         let namespace_slots = {
-            let mut namespaces = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+            let mut namespaces = lock(&self.namespaces);
             if namespaces.len() > 64 {
                 // Nobody holds or waits for an idle namespace's semaphore but the map.
                 namespaces.retain(|_, slots| Arc::strong_count(slots) > 1);

@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::{MAX_LABEL_LEN, MAX_LABEL_VALUES};
+use crate::lock::lock;
 
 /// `os_type` as upstream reports it (Go's `runtime.GOOS`).
 const OS_TYPE: &str = std::env::consts::OS;
@@ -93,7 +94,7 @@ impl LabelValues {
             .filter(|c| c.is_ascii_alphanumeric() || "_.:/-".contains(*c))
             .take(MAX_LABEL_LEN)
             .collect();
-        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = lock(&self.0);
         if seen.contains(&clean) || seen.len() < MAX_LABEL_VALUES {
             seen.insert(clean.clone());
             clean

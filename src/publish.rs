@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::class::{self, ClassError, ClassSource};
 use crate::events::{self, PodRef, Recorder, Severity};
 use crate::limits::{DEFAULT_CONCURRENT_FETCHES, DEFAULT_VOLUME_BYTES, FetchSlots};
+use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::pod::PodInfo;
 use crate::pod_status::{Fetch, PodStatusError, PodStatusWriter};
@@ -104,11 +105,7 @@ impl Context {
     }
 
     fn volume_state(&self, target: &Path) -> Option<VolumeState> {
-        self.volumes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(target)
-            .cloned()
+        lock(&self.volumes).get(target).cloned()
     }
 
     fn remember(&self, target: &Path, versions: Vec<ObjectVersion>, interval: Option<Duration>) {
@@ -117,17 +114,11 @@ impl Context {
             versions,
             interval,
         };
-        self.volumes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(target.to_owned(), state);
+        lock(&self.volumes).insert(target.to_owned(), state);
     }
 
     fn forget(&self, target: &Path) {
-        self.volumes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(target);
+        lock(&self.volumes).remove(target);
     }
 
     /// Whether a mounted volume's rotation interval (its class's, else the node's) has passed.

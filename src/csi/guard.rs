@@ -2,6 +2,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::lock::lock;
+
 /// Targets with a call in progress: a second concurrent call on one target is refused with
 /// `ABORTED` (kubelet retries it), so two calls never mount or write the same target at once.
 #[derive(Debug, Clone, Default)]
@@ -19,7 +21,7 @@ pub struct InFlightGuard {
 impl InFlight {
     /// Claims `target`, or `None` when another call holds it.
     pub fn try_acquire(&self, target: &Path) -> Option<InFlightGuard> {
-        let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut targets = lock(&self.targets);
         targets.insert(target.to_owned()).then(|| InFlightGuard {
             targets: self.targets.clone(),
             target: target.to_owned(),
@@ -29,10 +31,7 @@ impl InFlight {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.targets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.target);
+        lock(&self.targets).remove(&self.target);
     }
 }
 

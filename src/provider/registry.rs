@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use super::external::ExternalProvider;
 use super::{Provider, ProviderError, validate_name};
+use crate::lock::lock;
 
 /// How provider names are resolved on this node.
 #[derive(Debug, Clone)]
@@ -75,10 +76,7 @@ impl Registry {
                 searched,
             });
         };
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut clients = lock(&self.clients);
         let client = clients.entry(socket.clone()).or_insert_with(|| {
             Arc::new(ExternalProvider::new(
                 name,
@@ -91,10 +89,7 @@ impl Registry {
 
     /// The plugin clients created so far, for the health check.
     pub fn external_clients(&self) -> Vec<Arc<ExternalProvider>> {
-        let clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let clients = lock(&self.clients);
         clients.values().cloned().collect()
     }
 

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::lock::lock;
+
 type Slot<V> = Arc<tokio::sync::Mutex<Option<Cached<V>>>>;
 
 struct Cached<V> {
@@ -141,9 +143,7 @@ impl<K: Eq + Hash + Clone, V: Clone> SharedCache<K, V> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Slot<V>>> {
-        self.slots
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.slots)
     }
 
     fn slot(&self, key: &K) -> Slot<V> {

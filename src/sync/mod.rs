@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::class::{ClassError, ClassSource as _, KubeClasses};
 use crate::crd::{GROUP, NODE_NAME_LABEL, SecretProviderClassPodStatus};
 use crate::events::{self, PodRef, Recorder, Severity};
+use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::volume::target::KubeletRoot;
 use files::MountedVolume;
@@ -95,10 +96,6 @@ impl std::fmt::Debug for Controller {
 enum Next {
     Done,
     Backoff,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Controller {

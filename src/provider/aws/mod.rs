@@ -31,6 +31,7 @@ use self::config::{Kind, Object, Read, VolumeConfig};
 use super::shared_cache::SharedCache;
 use super::{MountRequest, MountResponse, ObjectVersion, Provider, ProviderError, ProviderFile};
 use crate::limits::MAX_SHARED_READ_BYTES;
+use crate::lock::lock;
 use crate::redact::Secret;
 
 /// The provider name in a SecretProviderClass.
@@ -149,20 +150,14 @@ impl AwsProvider {
     }
 
     fn batch_allowed(&self, identity: &Identity) -> bool {
-        let denied = self
-            .batch_denied
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let denied = lock(&self.batch_denied);
         denied
             .get(identity)
             .is_none_or(|since| since.elapsed() > BATCH_DENIED_FOR)
     }
 
     fn deny_batch(&self, identity: &Identity) {
-        let mut denied = self
-            .batch_denied
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut denied = lock(&self.batch_denied);
         if denied.len() >= self.settings.cache_size {
             denied.retain(|_, since| since.elapsed() <= BATCH_DENIED_FOR);
         }
