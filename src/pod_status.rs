@@ -8,6 +8,7 @@ use crate::crd::{
     NODE_NAME_LABEL, PodStatusCondition, READY_CONDITION, SecretProviderClassObject,
     SecretProviderClassPodStatus, SecretProviderClassPodStatusStatus,
 };
+use crate::error::KubeError;
 use crate::pod::PodInfo;
 use crate::provider::ObjectVersion;
 
@@ -65,7 +66,7 @@ pub enum PodStatusError {
         pod: String,
         /// The client error.
         #[source]
-        source: kube::Error,
+        source: KubeError,
     },
 }
 
@@ -122,10 +123,10 @@ impl PodStatusWriter {
             objects,
             conditions: vec![ready(true, reason, "")],
         };
-        let api_error = |source| PodStatusError::Api {
+        let api_error = |source: kube::Error| PodStatusError::Api {
             namespace: pod.namespace.clone(),
             pod: pod.name.clone(),
-            source,
+            source: source.into(),
         };
         let api: Api<SecretProviderClassPodStatus> =
             Api::namespaced(self.client.clone(), &pod.namespace);
@@ -199,7 +200,7 @@ impl PodStatusWriter {
         .map_err(|source| PodStatusError::Api {
             namespace: pod.namespace.clone(),
             pod: pod.name.clone(),
-            source,
+            source: source.into(),
         })
     }
 

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use kube::Api;
 
 use crate::crd::{SecretProviderClass, SecretProviderClassSpec, v1alpha1};
+use crate::error::KubeError;
 use crate::limits::{MAX_PARAMETER_BYTES, MAX_PARAMETERS};
 
 /// Annotation on a SecretProviderClass that sets its own rotation interval (a duration such
@@ -75,7 +76,7 @@ pub enum ClassError {
         name: String,
         /// The client error.
         #[source]
-        source: kube::Error,
+        source: KubeError,
     },
     /// `spec.provider` is empty.
     #[error("provider not set in {namespace}/{name}: set spec.provider in the SecretProviderClass")]
@@ -164,10 +165,14 @@ impl KubeClasses {
 #[async_trait]
 impl ClassSource for KubeClasses {
     async fn get(&self, namespace: &str, name: &str) -> Result<Class, ClassError> {
-        let api_error = |source| ClassError::Api {
+        let api_error = |source: kube::Error| ClassError::Api {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            source,
+            source: source.into(),
+        };
+        let not_found = || ClassError::NotFound {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
         };
         let v1: Api<SecretProviderClass> = Api::namespaced(self.client.clone(), namespace);
         match v1.get_opt(name).await {
@@ -197,10 +202,9 @@ impl ClassSource for KubeClasses {
                     annotations: class.metadata.annotations.unwrap_or_default(),
                 })
             }
-            Ok(None) | Err(kube::Error::Api(_)) => Err(ClassError::NotFound {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            }),
+            // Not found, or v1alpha1 not served; a refusal or a failure says what it was.
+            Ok(None) => Err(not_found()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Err(not_found()),
             Err(err) => Err(api_error(err)),
         }
     }

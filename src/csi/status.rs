@@ -4,7 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::class::ClassError;
-use crate::error::full_message;
+use crate::error::{KubeError, full_message};
 use crate::pod_status::PodStatusError;
 use crate::publish::{PublishError, UnpublishError};
 use crate::volume::{MountError, PayloadError};
@@ -60,11 +60,11 @@ impl From<UnpublishError> for Status {
 }
 
 /// Retryable API failures stay retryable; refusals say so.
-fn kube_code(error: &kube::Error) -> Code {
-    match error {
-        kube::Error::Api(status) if status.code == 403 => Code::PermissionDenied,
-        kube::Error::Api(status) if status.code == 404 => Code::NotFound,
-        kube::Error::Api(status) if status.code == 409 => Code::Aborted,
+fn kube_code(error: &KubeError) -> Code {
+    match error.status_code() {
+        Some(403) => Code::PermissionDenied,
+        Some(404) => Code::NotFound,
+        Some(409) => Code::Aborted,
         _ => Code::Unavailable,
     }
 }

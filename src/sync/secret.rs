@@ -13,6 +13,7 @@ use kube::api::{DeleteParams, PostParams, Preconditions};
 use super::files::{FilesError, MountedVolume};
 use super::tls::{self, TlsError};
 use crate::crd::SecretObject;
+use crate::error::kube_message;
 use crate::redact::Secret;
 
 /// Marks Secrets this driver owns; a Secret without it is never overwritten.
@@ -188,7 +189,7 @@ pub enum WriteError {
     #[error(
         "the driver may not manage Secrets ({}); enable sync with the Helm value \
          syncSecret.enabled=true, or apply the ClusterRole secretprovidersyncing-role and its binding from deploy/",
-        api_message(source)
+        kube_message(source)
     )]
     Forbidden {
         /// The API error.
@@ -196,7 +197,7 @@ pub enum WriteError {
         source: kube::Error,
     },
     /// The API server refused or could not be reached.
-    #[error("failed to write Secret {namespace}/{name}: {}", api_message(source))]
+    #[error("failed to write Secret {namespace}/{name}: {}", kube_message(source))]
     Api {
         /// Namespace.
         namespace: String,
@@ -216,14 +217,6 @@ impl WriteError {
             Self::Forbidden { .. } => "Forbidden",
             Self::Api { .. } => "APIError",
         }
-    }
-}
-
-/// The API server's own message for an API error (without the Status dump), else the error.
-pub fn api_message(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
-        other => other.to_string(),
     }
 }
 

@@ -149,7 +149,7 @@ fn kube_error(doing: &str, err: &kube::Error) -> ProviderError {
         },
         other => ProviderError::BackendUnavailable {
             provider: NAME.to_owned(),
-            message: format!("{doing}: {other}"),
+            message: format!("{doing}: {}", crate::error::kube_message(other)),
         },
     }
 }
