@@ -68,3 +68,139 @@ fn kube_code(error: &KubeError) -> Code {
         _ => Code::Unavailable,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::provider::ProviderError;
+    use crate::volume::target::TargetError;
+
+    fn kube(code: u16) -> KubeError {
+        KubeError(kube::Error::Api(
+            kube::core::Status::failure("secretproviderclasses is forbidden", "Forbidden")
+                .with_code(code)
+                .boxed(),
+        ))
+    }
+
+    fn class_api(code: u16) -> PublishError {
+        PublishError::Class(ClassError::Api {
+            namespace: "team".into(),
+            name: "db".into(),
+            source: kube(code),
+        })
+    }
+
+    fn provider(source: ProviderError) -> PublishError {
+        PublishError::Provider {
+            pod: "team/web".into(),
+            source,
+        }
+    }
+
+    #[test]
+    fn each_failure_gets_the_code_kubelet_and_users_act_on() {
+        let cases = [
+            (
+                PublishError::Class(ClassError::NotFound {
+                    namespace: "team".into(),
+                    name: "db".into(),
+                }),
+                Code::NotFound,
+            ),
+            (class_api(403), Code::PermissionDenied),
+            (class_api(404), Code::NotFound),
+            (class_api(409), Code::Aborted),
+            (class_api(500), Code::Unavailable),
+            (
+                PublishError::Class(ClassError::MissingProvider {
+                    namespace: "team".into(),
+                    name: "db".into(),
+                }),
+                Code::FailedPrecondition,
+            ),
+            (
+                PublishError::Class(ClassError::PodOverride {
+                    namespace: "team".into(),
+                    name: "db".into(),
+                    attribute: "vaultAddress".into(),
+                    provider: "vault".into(),
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                provider(ProviderError::Rpc {
+                    provider: "p".into(),
+                    code: Code::Unauthenticated,
+                    message: "no".into(),
+                }),
+                Code::Unauthenticated,
+            ),
+            (
+                provider(ProviderError::DeadlineExceeded {
+                    provider: "p".into(),
+                    timeout: Duration::from_secs(1),
+                }),
+                Code::DeadlineExceeded,
+            ),
+            (
+                PublishError::Busy {
+                    pod: "team/web".into(),
+                    waited: Duration::from_secs(1),
+                    share: 2,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                PublishError::Payload {
+                    pod: "team/web".into(),
+                    source: PayloadError::TooLarge { limit: 1 },
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                PublishError::Payload {
+                    pod: "team/web".into(),
+                    source: PayloadError::Mode {
+                        path: "a".into(),
+                        mode: 0o4755,
+                    },
+                },
+                Code::Internal,
+            ),
+            (
+                PublishError::Target(TargetError::Shape {
+                    path: "/tmp/x".into(),
+                    root: "/var/lib/kubelet".into(),
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                PublishError::PodStatus(PodStatusError::NameTooLong {
+                    name: "x".repeat(300),
+                    len: 300,
+                }),
+                Code::FailedPrecondition,
+            ),
+            (
+                PublishError::PodStatus(PodStatusError::Api {
+                    namespace: "team".into(),
+                    pod: "web".into(),
+                    source: kube(503),
+                }),
+                Code::Unavailable,
+            ),
+        ];
+        for (error, code) in cases {
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{}", status.message());
+            assert!(
+                !status.message().contains("Status {"),
+                "no client dumps in kubelet's message: {}",
+                status.message()
+            );
+        }
+    }
+}
