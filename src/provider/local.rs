@@ -26,7 +26,8 @@ use super::{
 use crate::limits::{self, MAX_FILES, MAX_PATH_DEPTH};
 use crate::redact::{Secret, SecretBytes};
 
-const NAME: &str = "local";
+/// The provider name classes use.
+pub const NAME: &str = "local";
 
 /// The parameters this provider reads, which only the class may set.
 pub const PARAMETERS: &[&str] = &["source", "objects", "filePermission"];

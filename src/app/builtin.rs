@@ -1,0 +1,140 @@
+//! The one factory of built-in providers, shared by every mode: where a provider runs decides
+//! its credentials, which TLS files a class may name and whether it may ask the cluster.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::cli::{AwsArgs, VaultArgs};
+use crate::provider::aws::{self, AwsProvider};
+use crate::provider::local::LocalProvider;
+use crate::provider::vault::config::{TlsConfig, TlsFile, TlsPolicy};
+use crate::provider::vault::{self, VaultProvider, auth::Credentials};
+use crate::provider::version_key::VersionKey;
+
+/// Where the built-in providers run.
+pub(super) enum Site {
+    /// The node plugin, or a plugin served to another driver: each pod's own token, Vault TLS
+    /// files only from `--vault-tls-allowed-dirs` and never below the kubelet root, the
+    /// cluster for IRSA and the node's region.
+    Node {
+        /// Kubelet's root directory.
+        kubelet_root: PathBuf,
+        /// The API client, if there is one.
+        kube: Option<kube::Client>,
+        /// This node's name, for its region label.
+        node_name: Option<String>,
+    },
+    /// `mount` on an operator's machine: their own Vault credentials, AWS environment and
+    /// files.
+    Mount {
+        /// A token, `VAULT_TOKEN` or a JWT file.
+        vault_credentials: Credentials,
+    },
+}
+
+/// Builds the built-in providers of one mode from its flags.
+pub(super) struct Builtins<'a> {
+    /// The `--vault-*` flags.
+    pub vault: &'a VaultArgs,
+    /// The `--aws-*` flags.
+    pub aws: &'a AwsArgs,
+    /// The key object versions are derived with.
+    pub key: VersionKey,
+    /// Where they run.
+    pub site: Site,
+}
+
+impl Builtins<'_> {
+    /// The `vault` provider.
+    pub fn vault(&self) -> Arc<VaultProvider> {
+        let args = self.vault;
+        let operator = |path: &Option<PathBuf>| path.clone().map(TlsFile::operator);
+        let (credentials, tls_policy) = match &self.site {
+            Site::Node { kubelet_root, .. } => {
+                (Credentials::PodToken, tls_policy(args, kubelet_root))
+            }
+            Site::Mount { vault_credentials } => (vault_credentials.clone(), TlsPolicy::default()),
+        };
+        Arc::new(VaultProvider::new(vault::Settings {
+            defaults: vault::config::Defaults {
+                address: args.vault_address.clone(),
+                auth_mount: args.vault_mount.clone(),
+                namespace: args.vault_namespace.clone().filter(|n| !n.is_empty()),
+                tls: TlsConfig {
+                    ca_cert: operator(&args.vault_tls_ca_cert),
+                    ca_directory: operator(&args.vault_tls_ca_directory),
+                    server_name: args.vault_tls_server_name.clone(),
+                    skip_verify: args.vault_tls_skip_verify,
+                    client_cert: operator(&args.vault_tls_client_cert),
+                    client_key: operator(&args.vault_tls_client_key),
+                },
+                tls_policy,
+            },
+            credentials,
+            read_cache_ttl: args.vault_read_cache_ttl,
+            concurrency: args.vault_concurrency,
+            cache_size: args.vault_cache_size,
+            version_key: self.key.clone(),
+        }))
+    }
+
+    /// The `aws` provider: on a node with pod identities (IRSA or Pod Identity), for `mount`
+    /// with the AWS environment's own credentials.
+    pub fn aws(&self) -> Arc<AwsProvider> {
+        let args = self.aws;
+        let (source, kube, node_name) = match &self.site {
+            Site::Node {
+                kube, node_name, ..
+            } => (
+                aws::auth::Source::Pod {
+                    pod_identity_endpoint: args.aws_pod_identity_endpoint.clone(),
+                    pod_identity_timeout: args.pod_identity_http_timeout,
+                },
+                kube.clone(),
+                node_name.clone(),
+            ),
+            Site::Mount { .. } => (aws::auth::Source::DefaultChain, None, None),
+        };
+        Arc::new(AwsProvider::new(
+            aws::Settings {
+                region: args.aws_region.clone().filter(|r| !r.is_empty()),
+                endpoints: aws::client::Endpoints::new(
+                    args.aws_endpoint_url.clone(),
+                    args.aws_use_fips_endpoint,
+                    args.aws_call_timeout,
+                ),
+                source,
+                read_cache_ttl: args.aws_read_cache_ttl,
+                concurrency: args.aws_concurrency,
+                cache_size: args.aws_cache_size,
+            },
+            kube,
+            node_name,
+        ))
+    }
+
+    /// The `local` provider reading below `root`: jailed there on a node, relative to the
+    /// class file for `mount`.
+    pub fn local(&self, root: PathBuf) -> Arc<LocalProvider> {
+        Arc::new(match self.site {
+            Site::Node { .. } => LocalProvider::jailed(root, self.key.clone()),
+            Site::Mount { .. } => LocalProvider::unjailed(root, self.key.clone()),
+        })
+    }
+}
+
+/// Where classes may name Vault TLS files on a node: only in `--vault-tls-allowed-dirs`, never
+/// below the kubelet root.
+fn tls_policy(args: &VaultArgs, kubelet_root: &Path) -> TlsPolicy {
+    let canonical = |dir: &Path| dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let allowed = args
+        .vault_tls_allowed_dirs
+        .iter()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| canonical(dir))
+        .collect();
+    TlsPolicy {
+        allowed_dirs: Some(allowed),
+        forbidden_dirs: vec![kubelet_root.to_owned(), canonical(kubelet_root)],
+    }
+}
