@@ -35,6 +35,7 @@ pub mod proto;
 pub mod provider;
 pub mod publish;
 pub mod redact;
+pub mod rotation;
 pub mod shutdown;
 pub mod sync;
 pub mod telemetry;

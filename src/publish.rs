@@ -1,15 +1,14 @@
 //! The publish pipeline: one volume from request to files, shared by the CSI node service and
 //! the `mount` command. Reads top to bottom as the data flows: class, provider, volume, status.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::class::{self, ClassError, ClassSource};
-use crate::events::{self, PodRef, Recorder, Severity};
+use crate::events::Recorder;
 use crate::limits::{DEFAULT_CONCURRENT_FETCHES, DEFAULT_VOLUME_BYTES, FetchSlots};
-use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::pod::PodInfo;
 use crate::pod_status::{Fetch, PodStatusError, PodStatusWriter};
@@ -17,9 +16,13 @@ use crate::provider::{
     DEFAULT_FILE_MODE, MountRequest, MountedFiles, ObjectVersion, ProviderError, Registry,
 };
 use crate::redact::SecretString;
+use crate::rotation::{Reports, Volumes};
 use crate::volume::atomic_writer::WriteOutcome;
+use crate::volume::lifecycle::{self, PrepareError, Prepared};
 use crate::volume::target::{KubeletRoot, TargetError};
-use crate::volume::{self, AtomicWriter, MountError, MountMode, Payload, PayloadError, WriteError};
+use crate::volume::{
+    self, AtomicWriter, MountError, MountMode, Payload, PayloadError, UnpublishError, WriteError,
+};
 
 /// What the pipeline needs from the process around it.
 #[derive(Debug)]
@@ -44,41 +47,52 @@ pub struct Context {
     /// Bytes one volume's provider answer (and a built-in's backend reads) may hold.
     pub volume_bytes: usize,
     fetch_slots: FetchSlots,
-    volumes: Mutex<HashMap<PathBuf, VolumeState>>,
-}
-
-/// What the driver remembers of a mounted volume between calls.
-#[derive(Debug, Clone)]
-struct VolumeState {
-    fetched_at: SystemTime,
-    versions: Vec<ObjectVersion>,
-    /// The class's own rotation interval, as of the last fetch.
-    interval: Option<Duration>,
+    volumes: Volumes,
 }
 
 impl Context {
-    /// A context with no volumes known yet.
+    /// A context for `classes` and `providers` with no volumes known yet: plain directories,
+    /// no status records, no Events, rotation off and the default limits until the `with_`
+    /// methods say otherwise.
     pub fn new(
         classes: Arc<dyn ClassSource>,
         providers: Arc<Registry>,
-        pod_status: Option<PodStatusWriter>,
-        mount_mode: MountMode,
         metrics: Arc<Metrics>,
-        rotation_interval: Option<Duration>,
     ) -> Self {
         Self {
             classes,
             providers,
-            pod_status,
-            mount_mode,
+            pod_status: None,
+            mount_mode: MountMode::PlainDir,
             metrics,
-            rotation_interval,
+            rotation_interval: None,
             events: None,
             kubelet_root: None,
             volume_bytes: DEFAULT_VOLUME_BYTES,
             fetch_slots: FetchSlots::new(DEFAULT_CONCURRENT_FETCHES),
-            volumes: Mutex::new(HashMap::new()),
+            volumes: Volumes::default(),
         }
+    }
+
+    /// Mounts volumes as `mode` says (tmpfs on a node).
+    #[must_use]
+    pub fn with_mount_mode(mut self, mode: MountMode) -> Self {
+        self.mount_mode = mode;
+        self
+    }
+
+    /// Records each mount in a SecretProviderClassPodStatus.
+    #[must_use]
+    pub fn with_pod_status(mut self, writer: PodStatusWriter) -> Self {
+        self.pod_status = Some(writer);
+        self
+    }
+
+    /// Re-fetches a republished volume once `interval` (or its class's own) has passed.
+    #[must_use]
+    pub fn with_rotation(mut self, interval: Option<Duration>) -> Self {
+        self.rotation_interval = interval;
+        self
     }
 
     /// Accepts only kubelet's CSI volume paths under `root` as targets.
@@ -104,36 +118,11 @@ impl Context {
         self
     }
 
-    fn volume_state(&self, target: &Path) -> Option<VolumeState> {
-        lock(&self.volumes).get(target).cloned()
-    }
-
-    fn remember(&self, target: &Path, versions: Vec<ObjectVersion>, interval: Option<Duration>) {
-        let state = VolumeState {
-            fetched_at: SystemTime::now(),
-            versions,
-            interval,
-        };
-        lock(&self.volumes).insert(target.to_owned(), state);
-    }
-
-    fn forget(&self, target: &Path) {
-        lock(&self.volumes).remove(target);
-    }
-
-    /// Whether a mounted volume's rotation interval (its class's, else the node's) has passed.
-    /// After a restart, the time of the last content swap stands in for the last fetch.
-    fn rotation_due(&self, target: &Path, node_interval: Duration) -> bool {
-        let state = self.volume_state(target);
-        let interval = state
-            .as_ref()
-            .and_then(|s| s.interval)
-            .unwrap_or(node_interval);
-        let last = state
-            .map(|s| s.fetched_at)
-            .or_else(|| AtomicWriter::swapped_at(target).ok());
-        last.and_then(|at| at.elapsed().ok())
-            .is_none_or(|age| age >= interval)
+    fn reports(&self) -> Reports<'_> {
+        Reports {
+            events: self.events.as_deref(),
+            pod_status: self.pod_status.as_ref(),
+        }
     }
 }
 
@@ -277,6 +266,16 @@ pub enum PublishError {
     PodStatus(#[from] PodStatusError),
 }
 
+impl From<PrepareError> for PublishError {
+    fn from(error: PrepareError) -> Self {
+        match error {
+            PrepareError::Target(error) => Self::Target(error),
+            PrepareError::Create { path, source } => Self::TargetPath { path, source },
+            PrepareError::Mount(error) => Self::Mount(error),
+        }
+    }
+}
+
 impl PublishError {
     /// The upstream metric `error_type`.
     pub fn error_type(&self) -> String {
@@ -332,51 +331,18 @@ pub async fn publish(
                 ctx.metrics.rotation_error(&provider, &error.error_type());
                 let message = crate::error::full_message(&error);
                 tracing::warn!(error = %message, "rotation failed, keeping the mounted contents");
-                report_rotation_failure(ctx, request, &message).await;
+                ctx.reports()
+                    .failed(&request.pod, &request.class_name, &message)
+                    .await;
                 return Ok(Published {
                     outcome: Outcome::RotationFailed { message },
                     provider,
-                    versions: ctx
-                        .volume_state(&request.target_path)
-                        .map(|s| s.versions)
-                        .unwrap_or_default(),
+                    versions: ctx.volumes.versions(&request.target_path),
                     files: Vec::new(),
                 });
             }
             Err(error)
         }
-    }
-}
-
-async fn report_rotation_failure(ctx: &Context, request: &PublishRequest, message: &str) {
-    if let Some(recorder) = &ctx.events {
-        let note = format!(
-            "rotation of SecretProviderClass {}/{} failed; the previous contents stay mounted: {message}",
-            request.pod.namespace, request.class_name
-        );
-        recorder
-            .pod_event(
-                &pod_ref(&request.pod),
-                Severity::Warning,
-                events::MOUNT_ROTATION_FAILED,
-                &note,
-            )
-            .await;
-    }
-    if let Some(writer) = &ctx.pod_status
-        && let Err(err) = writer
-            .record_rotation_failure(&request.pod, &request.class_name, message)
-            .await
-    {
-        tracing::warn!(error = %err, "failed to record the rotation failure on the SecretProviderClassPodStatus");
-    }
-}
-
-fn pod_ref(pod: &PodInfo) -> PodRef {
-    PodRef {
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        uid: pod.uid.clone(),
     }
 }
 
@@ -422,7 +388,7 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
             target.clone(),
         );
         blocking(target, move || {
-            is_published(&mount_mode, root.as_ref(), &path)
+            Ok(lifecycle::is_published(&mount_mode, root.as_ref(), &path)?)
         })
         .await
         .map_err(|e| Failure::new(e, None, false))?
@@ -430,15 +396,14 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
     if mounted && mode == Mode::Publish {
         let due = ctx
             .rotation_interval
-            .is_some_and(|interval| ctx.rotation_due(target, interval));
+            .is_some_and(|interval| ctx.volumes.due(target, interval));
         if !due {
             tracing::debug!("target path is already mounted");
-            let state = ctx.volume_state(target);
             // As upstream, a call answered before the class is read counts for no provider.
             return Ok(Published {
                 outcome: Outcome::AlreadyMounted,
                 provider: String::new(),
-                versions: state.map(|s| s.versions).unwrap_or_default(),
+                versions: ctx.volumes.versions(target),
                 files: Vec::new(),
             });
         }
@@ -490,9 +455,11 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
             ctx.kubelet_root.clone(),
             target.clone(),
         );
-        blocking(target, move || prepare(&mount_mode, root.as_ref(), &path))
-            .await
-            .map_err(|e| Failure::new(e, Some(&provider_name), remount))?
+        blocking(target, move || {
+            Ok(lifecycle::prepare(&mount_mode, root.as_ref(), &path)?)
+        })
+        .await
+        .map_err(|e| Failure::new(e, Some(&provider_name), remount))?
     };
     let fetched = fetch_and_write(
         ctx,
@@ -506,7 +473,7 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
     let fetched = match fetched {
         Ok(fetched) => fetched,
         Err(error) => {
-            prepared.undo(ctx, target).await;
+            undo(prepared, ctx, target).await;
             return Err(Failure {
                 error,
                 provider: Some(provider_name),
@@ -532,27 +499,15 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
             )
             .await
         {
-            prepared.undo(ctx, target).await;
+            undo(prepared, ctx, target).await;
             return Err(Failure::new(err, Some(&provider_name), remount));
         }
     }
-    ctx.remember(target, fetched.versions.clone(), class_interval);
-    if remount
-        && fetched.changed
-        && mode == Mode::Publish
-        && let Some(recorder) = &ctx.events
-    {
-        let note = format!(
-            "rotated SecretProviderClass {namespace}/{}: new contents are mounted",
-            request.class_name
-        );
-        recorder
-            .pod_event(
-                &pod_ref(&request.pod),
-                Severity::Normal,
-                events::MOUNT_ROTATION_COMPLETE,
-                &note,
-            )
+    ctx.volumes
+        .remember(target, fetched.versions.clone(), class_interval);
+    if remount && fetched.changed && mode == Mode::Publish {
+        ctx.reports()
+            .rotated(&request.pod, &request.class_name)
             .await;
     }
     Ok(Published {
@@ -612,10 +567,7 @@ async fn fetch_and_write(
     let timeout = request
         .timeout
         .map(|timeout| timeout.saturating_sub(started.elapsed()));
-    let current_versions = ctx
-        .volume_state(&request.target_path)
-        .map(|s| s.versions)
-        .unwrap_or_default();
+    let current_versions = ctx.volumes.versions(&request.target_path);
     let mounted = if current_versions.is_empty() {
         MountedFiles::default()
     } else {
@@ -684,154 +636,16 @@ async fn fetch_and_write(
     })
 }
 
-/// Whether the target holds a published volume: mounted (for tmpfs) and holding `..data`.
-/// A tmpfs without `..data` is what a first mount that died midway leaves, and one that
-/// cannot be listed is corrupt: either is unmounted and treated as absent.
-fn is_published(
-    mode: &MountMode,
-    root: Option<&KubeletRoot>,
-    target: &Path,
-) -> Result<bool, PublishError> {
-    if let Some(root) = root {
-        root.check_no_links(target)?;
+/// Leaves the target as this call found it. A failed rotation of a mounted volume keeps what
+/// is known about it (its versions and its class's interval); only a mount this call made is
+/// forgotten.
+async fn undo(prepared: Prepared, ctx: &Context, target: &Path) {
+    if prepared.is_empty() {
+        return;
     }
-    let written = || AtomicWriter::swapped_at(target).is_ok();
-    match mode {
-        MountMode::Tmpfs(_) => {
-            if !volume::mount::is_mount_point(target)? {
-                return Ok(false);
-            }
-            if std::fs::read_dir(target).is_ok() && written() {
-                return Ok(true);
-            }
-            tracing::warn!(
-                target = %target.display(),
-                "mounted target holds no complete contents (an interrupted first mount), remounting"
-            );
-            volume::mount::unmount(target)?;
-            Ok(false)
-        }
-        MountMode::PlainDir => Ok(written()),
-    }
-}
-
-/// What `prepare` did, so a failure can undo exactly that.
-#[derive(Debug, Default)]
-struct Prepared {
-    created_dir: bool,
-    mounted: bool,
-}
-
-fn prepare(
-    mode: &MountMode,
-    root: Option<&KubeletRoot>,
-    target: &Path,
-) -> Result<Prepared, PublishError> {
-    let target_error = |source| PublishError::TargetPath {
-        path: target.to_owned(),
-        source,
-    };
-    let created_dir = std::fs::symlink_metadata(target).is_err();
-    if created_dir {
-        std::fs::create_dir_all(target).map_err(target_error)?;
-    }
-    if let Some(root) = root {
-        // Nothing below the root may have become a link while the directory was created.
-        root.check_no_links(target)?;
-    }
-    let mut prepared = Prepared {
-        created_dir,
-        mounted: false,
-    };
-    if let MountMode::Tmpfs(options) = mode {
-        if let Err(err) = volume::mount::mount_tmpfs(target, options) {
-            prepared.undo_now(mode, target);
-            return Err(err.into());
-        }
-        prepared.mounted = true;
-    }
-    Ok(prepared)
-}
-
-impl Prepared {
-    /// Leaves the target as it was found: no mount, no directory this call created.
-    async fn undo(self, ctx: &Context, target: &Path) {
-        // A failed rotation of a mounted volume keeps what is known about it (its versions
-        // and its class's interval); only a mount this call made is forgotten.
-        if self.mounted || self.created_dir {
-            ctx.forget(target);
-        } else {
-            return;
-        }
-        let (mode, path) = (ctx.mount_mode.clone(), target.to_owned());
-        let _ = tokio::task::spawn_blocking(move || self.undo_now(&mode, &path)).await;
-    }
-
-    fn undo_now(&self, mode: &MountMode, target: &Path) {
-        if self.mounted
-            && let Err(err) = volume::mount::unmount(target)
-        {
-            tracing::error!(error = %err, target = %target.display(), "failed to unmount after a failed publish");
-            return;
-        }
-        if self.created_dir {
-            let removed = match mode {
-                MountMode::Tmpfs(_) => std::fs::remove_dir(target),
-                // `mount` without root: what the writer made, then the directory.
-                MountMode::PlainDir => AtomicWriter::new(target)
-                    .remove_written()
-                    .map_err(std::io::Error::other)
-                    .and_then(|()| std::fs::remove_dir(target)),
-            };
-            if let Err(err) = removed {
-                tracing::warn!(error = %err, target = %target.display(), "failed to remove target after a failed publish");
-            }
-        }
-    }
-}
-
-/// Why a volume could not be removed.
-#[derive(Debug, thiserror::Error)]
-pub enum UnpublishError {
-    /// The target is not a path the driver may use.
-    #[error("failed to clean and unmount target path: {0}")]
-    Target(#[from] TargetError),
-    /// Unmounting failed.
-    #[error("failed to clean and unmount target path {}: {source}", path.display())]
-    Unmount {
-        /// The target.
-        path: PathBuf,
-        /// The mount error.
-        #[source]
-        source: MountError,
-    },
-    /// Something other than our tmpfs is mounted below the target; deleting would reach into it.
-    #[error("failed to clean and unmount target path {}: {mount} is mounted inside it; unmount it first", path.display())]
-    NestedMount {
-        /// The target.
-        path: PathBuf,
-        /// The mount below it.
-        mount: String,
-    },
-    /// Files the driver did not write are left in the target.
-    #[error(
-        "failed to clean and unmount target path {}: it still holds files the driver did not \
-         write; they were left in place (remove them, or the directory, by hand)",
-        path.display()
-    )]
-    NotEmpty {
-        /// The target.
-        path: PathBuf,
-    },
-    /// Removing the directory failed.
-    #[error("failed to clean and unmount target path {}: {source}", path.display())]
-    Remove {
-        /// The target.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    ctx.volumes.forget(target);
+    let (mode, path) = (ctx.mount_mode.clone(), target.to_owned());
+    let _ = tokio::task::spawn_blocking(move || prepared.undo(&mode, &path)).await;
 }
 
 /// Removes a volume: unmount, delete what the driver wrote, remove the then empty directory.
@@ -842,59 +656,6 @@ pub fn unpublish(ctx: &Context, target: &Path) -> Result<(), UnpublishError> {
         root.owner(target)?;
         root.check_no_links(target)?;
     }
-    ctx.forget(target);
-    remove_volume(target)
-}
-
-/// Unmounts a target directory, removes what the atomic writer made and then the directory,
-/// which must be empty by then: nothing else is ever deleted, no link is followed, and
-/// nothing is deleted through another mount.
-pub fn remove_volume(target: &Path) -> Result<(), UnpublishError> {
-    let Ok(meta) = std::fs::symlink_metadata(target) else {
-        return Ok(());
-    };
-    if meta.file_type().is_symlink() {
-        return Err(UnpublishError::Target(TargetError::Symlink {
-            path: target.display().to_string(),
-            link: target.display().to_string(),
-        }));
-    }
-    let unmount_error = |source| UnpublishError::Unmount {
-        path: target.to_owned(),
-        source,
-    };
-    volume::mount::unmount(target).map_err(unmount_error)?;
-    let canonical = target
-        .canonicalize()
-        .map_err(|source| UnpublishError::Remove {
-            path: target.to_owned(),
-            source,
-        })?;
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if let Some(mount) =
-        volume::mount::mount_points(&table).find(|p| Path::new(p).starts_with(&canonical))
-    {
-        return Err(UnpublishError::NestedMount {
-            path: target.to_owned(),
-            mount,
-        });
-    }
-    AtomicWriter::new(target)
-        .remove_written()
-        .map_err(|err| UnpublishError::Remove {
-            path: target.to_owned(),
-            source: std::io::Error::other(err),
-        })?;
-    std::fs::remove_dir(target).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::DirectoryNotEmpty {
-            UnpublishError::NotEmpty {
-                path: target.to_owned(),
-            }
-        } else {
-            UnpublishError::Remove {
-                path: target.to_owned(),
-                source,
-            }
-        }
-    })
+    ctx.volumes.forget(target);
+    lifecycle::remove_volume(target)
 }

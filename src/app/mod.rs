@@ -13,7 +13,6 @@ use anyhow::{Context as _, bail};
 use crate::cli::{Cli, Command, CrdgenArgs, ProviderArgs, UnmountArgs};
 use crate::provider::version_key::VersionKey;
 use crate::provider::{Registry, RegistryConfig};
-use crate::publish;
 
 /// The version printed by `--version` and reported to kubelet.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -107,7 +106,7 @@ fn run_crdgen(args: &CrdgenArgs) -> anyhow::Result<()> {
 }
 
 fn run_unmount(args: &UnmountArgs) -> anyhow::Result<()> {
-    publish::remove_volume(&args.target)?;
+    crate::volume::lifecycle::remove_volume(&args.target)?;
     println!("removed {}", args.target.display());
     Ok(())
 }

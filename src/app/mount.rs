@@ -81,11 +81,9 @@ pub(super) async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     let ctx = Context::new(
         Arc::new(classes),
         Arc::new(providers),
-        None,
-        mode,
         Arc::new(Metrics::new()),
-        None,
     )
+    .with_mount_mode(mode)
     .with_limits(
         args.providers.max_call_recv_msg_size,
         crate::limits::DEFAULT_CONCURRENT_FETCHES,

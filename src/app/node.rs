@@ -114,11 +114,13 @@ pub(super) async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         Context::new(
             Arc::new(KubeClasses::new(client.clone())),
             providers.clone(),
-            Some(PodStatusWriter::new(client.clone(), &args.nodeid)),
-            MountMode::Tmpfs(TmpfsOptions {
-                size_bytes: args.providers.tmpfs_size,
-            }),
             metrics.clone(),
+        )
+        .with_mount_mode(MountMode::Tmpfs(TmpfsOptions {
+            size_bytes: args.providers.tmpfs_size,
+        }))
+        .with_pod_status(PodStatusWriter::new(client.clone(), &args.nodeid))
+        .with_rotation(
             args.enable_secret_rotation
                 .then_some(args.rotation_poll_interval),
         )

@@ -6,7 +6,8 @@ use tonic::{Code, Status};
 use crate::class::ClassError;
 use crate::error::{KubeError, full_message};
 use crate::pod_status::PodStatusError;
-use crate::publish::{PublishError, UnpublishError};
+use crate::publish::PublishError;
+use crate::volume::UnpublishError;
 use crate::volume::{MountError, PayloadError};
 
 impl From<&PublishError> for Code {

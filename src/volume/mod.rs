@@ -2,11 +2,13 @@
 //! the files atomically. The only module that touches the host filesystem on a pod's behalf.
 
 pub mod atomic_writer;
+pub mod lifecycle;
 pub mod mount;
 pub mod payload;
 pub mod target;
 
 pub use atomic_writer::{AtomicWriter, WriteError};
+pub use lifecycle::{PrepareError, Prepared, UnpublishError};
 pub use mount::{MountError, MountMode, TmpfsOptions};
 pub use payload::{Payload, PayloadError};
 
