@@ -4,9 +4,10 @@
 //! pod, its class and its target path; the controller checks that the path is that pod's
 //! volume, reads the files and writes one Secret per entry, with the pod's controller (or, for
 //! a bare pod, the record) as an owner set in the same write, so garbage collection removes
-//! the Secret with its last owner. Reconciles run when a record changes (first mount,
-//! rotation), when a managed Secret is deleted or edited by someone else, and on a periodic
-//! resync.
+//! the Secret with its last owner. Built on kube-runtime's `Controller`: it reconciles a
+//! record when it changes (first mount, rotation), when a managed Secret is deleted or edited
+//! by someone else (mapped back to its records through an index), after a failure with a
+//! per-record backoff, and at every resync interval; at shutdown, running reconciles finish.
 
 pub mod files;
 pub mod rollout;
@@ -14,8 +15,9 @@ pub mod secret;
 pub mod tls;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -23,8 +25,11 @@ use k8s_openapi::api::core::v1::{Pod, Secret as KubeSecret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Api;
 use kube::runtime::WatchStreamExt as _;
+use kube::runtime::controller::{self, Action};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::class::{ClassError, ClassSource as _, KubeClasses};
@@ -60,7 +65,12 @@ const MAX_RETRY: Duration = Duration::from_secs(300);
 /// How long the Secret watch waits after a 403 before asking again.
 const FORBIDDEN_RETRY: Duration = Duration::from_secs(300);
 /// Records reconciled at once.
-const CONCURRENCY: usize = 4;
+const CONCURRENCY: u16 = 4;
+
+/// A reconcile that must be retried later; what went wrong is already logged or reported.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Retry(String);
 
 /// The sync controller of one node.
 pub struct Controller {
@@ -69,16 +79,17 @@ pub struct Controller {
     classes: KubeClasses,
     events: Arc<Recorder>,
     metrics: Arc<Metrics>,
-    pending: Mutex<BTreeSet<Key>>,
-    wake: Notify,
-    /// Records seen on this node.
-    known: Mutex<BTreeSet<Key>>,
+    /// This node's records, as the controller's watch keeps them.
+    records: Mutex<Option<Store<SecretProviderClassPodStatus>>>,
     /// Which records write each Secret, so a deleted or edited Secret is repaired at once.
     writers: Mutex<HashMap<Key, BTreeSet<Key>>>,
     /// The resourceVersion of each Secret as we last wrote it: our own writes wake nothing.
     written: Mutex<HashMap<Key, String>>,
     failures: Mutex<HashMap<Key, u32>>,
     forbidden_warned: AtomicBool,
+    /// Managed Secrets changed by someone else, for the controller to map to their records.
+    changed_secrets: mpsc::UnboundedSender<KubeSecret>,
+    changed_receiver: Mutex<Option<mpsc::UnboundedReceiver<KubeSecret>>>,
     /// The Secret watch starts with the first class that syncs anything, so a cluster that
     /// never syncs (and grants no Secret access) sees no warning.
     secret_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -92,12 +103,6 @@ impl std::fmt::Debug for Controller {
     }
 }
 
-/// What to do with a record after a reconcile.
-enum Next {
-    Done,
-    Backoff,
-}
-
 impl Controller {
     /// A controller for this node.
     pub fn new(
@@ -106,34 +111,58 @@ impl Controller {
         events: Arc<Recorder>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        let (changed_secrets, changed_receiver) = mpsc::unbounded_channel();
         Arc::new(Self {
             classes: KubeClasses::new(client.clone()),
             client,
             settings,
             events,
             metrics,
-            pending: Mutex::default(),
-            wake: Notify::new(),
-            known: Mutex::default(),
+            records: Mutex::default(),
             writers: Mutex::default(),
             written: Mutex::default(),
             failures: Mutex::default(),
             forbidden_warned: AtomicBool::new(false),
+            changed_secrets,
+            changed_receiver: Mutex::new(Some(changed_receiver)),
             secret_watch: Mutex::default(),
         })
     }
 
-    /// Runs the watches, the resync and the workers until `shutdown`.
+    /// Runs the controller until `shutdown`; a reconcile that has started finishes first, so
+    /// a Secret is never left between a delete and the create that follows.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let tasks = [
-            tokio::spawn(self.clone().watch_records()),
-            tokio::spawn(self.clone().resync()),
-        ];
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = self.clone().work() => {}
-        }
-        for task in tasks.into_iter().chain(lock(&self.secret_watch).take()) {
+        let Some(changed) = lock(&self.changed_receiver).take() else {
+            return;
+        };
+        let api: Api<SecretProviderClassPodStatus> = Api::all(self.client.clone());
+        let config = watcher::Config::default()
+            .labels(&format!("{NODE_NAME_LABEL}={}", self.settings.node_name));
+        let controller = controller::Controller::new(api, config)
+            .with_config(controller::Config::default().concurrency(CONCURRENCY));
+        *lock(&self.records) = Some(controller.store());
+        let this = self.clone();
+        let stop = shutdown.clone();
+        controller
+            .watches_stream(
+                UnboundedReceiverStream::new(changed).map(Ok),
+                move |secret: KubeSecret| this.records_writing(&secret),
+            )
+            .graceful_shutdown_on(async move { stop.cancelled().await })
+            .run(
+                |record, this: Arc<Self>| async move { this.reconcile(&record).await },
+                |record, _: &Retry, this: Arc<Self>| this.backoff(&record),
+                self.clone(),
+            )
+            .for_each(|result| async move {
+                if let Err(err) = result
+                    && !matches!(err, controller::Error::ReconcilerFailed(..))
+                {
+                    tracing::warn!(error = %err, "secret sync controller: retrying");
+                }
+            })
+            .await;
+        if let Some(task) = lock(&self.secret_watch).take() {
             task.abort();
         }
     }
@@ -145,93 +174,48 @@ impl Controller {
         }
     }
 
-    fn enqueue(&self, key: Key) {
-        lock(&self.pending).insert(key);
-        self.wake.notify_one();
+    /// The next attempt of a failed record: 5 s, doubling up to 5 min.
+    fn backoff(&self, record: &SecretProviderClassPodStatus) -> Action {
+        let key = key_of(&record.metadata);
+        let attempts = {
+            let mut failures = lock(&self.failures);
+            // Records deleted while failing are forgotten here.
+            failures.retain(|failing, _| *failing == key || self.exists(failing));
+            let n = failures.entry(key).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        Action::requeue(
+            FIRST_RETRY
+                .saturating_mul(1 << attempts.saturating_sub(1).min(6))
+                .min(MAX_RETRY),
+        )
     }
 
-    fn enqueue_later(self: &Arc<Self>, key: Key, delay: Duration) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            if lock(&this.known).contains(&key) {
-                this.enqueue(key);
-            }
-        });
+    /// Whether the record is still in the controller's store.
+    fn exists(&self, (namespace, name): &Key) -> bool {
+        lock(&self.records)
+            .as_ref()
+            .is_some_and(|store| store.get(&ObjectRef::new(name).within(namespace)).is_some())
     }
 
-    async fn work(self: Arc<Self>) {
-        loop {
-            let batch: Vec<Key> = std::mem::take(&mut *lock(&self.pending))
-                .into_iter()
-                .collect();
-            if batch.is_empty() {
-                self.wake.notified().await;
-                continue;
-            }
-            futures::stream::iter(batch)
-                .for_each_concurrent(CONCURRENCY, |key| {
-                    let this = self.clone();
-                    async move {
-                        let next = this.reconcile(&key).await;
-                        this.schedule(key, next);
-                    }
-                })
-                .await;
-        }
-    }
-
-    fn schedule(self: &Arc<Self>, key: Key, next: Next) {
-        match next {
-            Next::Done => {
-                lock(&self.failures).remove(&key);
-            }
-            Next::Backoff => {
-                let attempts = {
-                    let mut failures = lock(&self.failures);
-                    let n = failures.entry(key.clone()).or_insert(0);
-                    *n += 1;
-                    *n
-                };
-                let delay = FIRST_RETRY
-                    .saturating_mul(1 << attempts.saturating_sub(1).min(6))
-                    .min(MAX_RETRY);
-                self.enqueue_later(key, delay);
-            }
-        }
-    }
-
-    async fn watch_records(self: Arc<Self>) {
-        let api: Api<SecretProviderClassPodStatus> = Api::all(self.client.clone());
-        let config = watcher::Config::default()
-            .labels(&format!("{NODE_NAME_LABEL}={}", self.settings.node_name));
-        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(Event::Apply(record) | Event::InitApply(record)) => {
-                    let key = key_of(&record.metadata);
-                    lock(&self.known).insert(key.clone());
-                    self.enqueue(key);
-                }
-                Ok(Event::Delete(record)) => self.forget_record(&key_of(&record.metadata)),
-                Ok(Event::Init | Event::InitDone) => {}
-                Err(err) => {
-                    tracing::warn!(error = %err, "watching SecretProviderClassPodStatus objects failed; retrying")
-                }
-            }
-        }
-    }
-
-    /// A record is gone (its pod was deleted): drop everything kept for it.
-    fn forget_record(&self, key: &Key) {
-        lock(&self.known).remove(key);
-        lock(&self.failures).remove(key);
+    /// The records that write `secret` and still exist; the index forgets the others.
+    fn records_writing(&self, secret: &KubeSecret) -> Vec<ObjectRef<SecretProviderClassPodStatus>> {
+        let key = key_of(&secret.metadata);
         let mut writers = lock(&self.writers);
-        writers.retain(|_, records| {
-            records.remove(key);
-            !records.is_empty()
-        });
-        lock(&self.written).retain(|secret, _| writers.contains_key(secret));
+        let Some(records) = writers.get_mut(&key) else {
+            return Vec::new();
+        };
+        records.retain(|record| self.exists(record));
+        let found: Vec<_> = records
+            .iter()
+            .map(|(namespace, name)| ObjectRef::new(name).within(namespace))
+            .collect();
+        if records.is_empty() {
+            writers.remove(&key);
+            lock(&self.written).remove(&key);
+        }
+        found
     }
 
     async fn watch_secrets(self: Arc<Self>) {
@@ -243,8 +227,8 @@ impl Controller {
                 .boxed();
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(Event::Apply(secret)) => self.secret_changed(&secret, false),
-                    Ok(Event::Delete(secret)) => self.secret_changed(&secret, true),
+                    Ok(Event::Apply(secret)) => self.secret_changed(secret, false),
+                    Ok(Event::Delete(secret)) => self.secret_changed(secret, true),
                     Ok(Event::Init | Event::InitApply(_) | Event::InitDone) => {}
                     Err(err) if is_forbidden_watch(&err) => {
                         // Without RBAC for Secrets, ask again rarely instead of every few seconds.
@@ -261,7 +245,7 @@ impl Controller {
     }
 
     /// A managed Secret changed: unless we wrote that version, repair it from its mounts.
-    fn secret_changed(&self, secret: &KubeSecret, deleted: bool) {
+    fn secret_changed(&self, secret: KubeSecret, deleted: bool) {
         let key = key_of(&secret.metadata);
         let ours = !deleted
             && lock(&self.written).get(&key).map(String::as_str)
@@ -272,30 +256,15 @@ impl Controller {
         if deleted {
             lock(&self.written).remove(&key);
         }
-        let writers = lock(&self.writers).get(&key).cloned().unwrap_or_default();
-        if !writers.is_empty() {
+        if lock(&self.writers).contains_key(&key) {
             tracing::info!(
                 secret = %key.1,
                 namespace = %key.0,
                 deleted,
                 "a synced Secret was changed outside the driver; repairing it"
             );
-        }
-        for writer in writers {
-            self.enqueue(writer);
-        }
-    }
-
-    async fn resync(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(self.settings.resync_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        loop {
-            ticker.tick().await;
-            let known: Vec<Key> = lock(&self.known).iter().cloned().collect();
-            for key in known {
-                self.enqueue(key);
-            }
+            // The controller maps it to its records; it only stops at shutdown.
+            let _ = self.changed_secrets.send(secret);
         }
     }
 
@@ -311,22 +280,24 @@ impl Controller {
         }
     }
 
-    async fn reconcile(self: &Arc<Self>, key: &Key) -> Next {
+    /// Syncs one record's `secretObjects`; `Ok` requeues it for the next resync.
+    async fn reconcile(
+        self: &Arc<Self>,
+        record: &SecretProviderClassPodStatus,
+    ) -> Result<Action, Retry> {
+        let key = key_of(&record.metadata);
+        self.sync_record(&key, record).await?;
+        lock(&self.failures).remove(&key);
+        Ok(Action::requeue(self.settings.resync_interval))
+    }
+
+    async fn sync_record(
+        self: &Arc<Self>,
+        key: &Key,
+        record: &SecretProviderClassPodStatus,
+    ) -> Result<(), Retry> {
         let started = Instant::now();
-        let (namespace, name) = key;
-        let records: Api<SecretProviderClassPodStatus> =
-            Api::namespaced(self.client.clone(), namespace);
-        let record = match records.get_opt(name).await {
-            Ok(Some(record)) => record,
-            Ok(None) => {
-                self.forget_record(key);
-                return Next::Done;
-            }
-            Err(err) => {
-                tracing::warn!(record = %name, namespace = %namespace, error = %err, "failed to get SecretProviderClassPodStatus");
-                return Next::Backoff;
-            }
-        };
+        let (namespace, _) = key;
         let on_this_node = record
             .metadata
             .labels
@@ -334,23 +305,26 @@ impl Controller {
             .and_then(|l| l.get(NODE_NAME_LABEL))
             .is_some_and(|n| n.eq_ignore_ascii_case(&self.settings.node_name));
         let Some(status) = record.status.as_ref().filter(|_| on_this_node) else {
-            return Next::Done;
+            return Ok(());
         };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let pod = match pods.get_opt(&status.pod_name).await {
             Ok(Some(pod)) => pod,
             // The pod is gone: the garbage collector removes the record with it.
-            Ok(None) => return Next::Done,
+            Ok(None) => return Ok(()),
             Err(err) => {
                 tracing::warn!(pod = %status.pod_name, namespace = %namespace, error = %err, "failed to get pod");
-                return Next::Backoff;
+                return Err(Retry(format!(
+                    "getting pod {namespace}/{}: {err}",
+                    status.pod_name
+                )));
             }
         };
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         if pod.metadata.deletion_timestamp.is_some()
             || matches!(phase, Some("Succeeded" | "Failed"))
         {
-            return Next::Done;
+            return Ok(());
         }
         let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
         let owned_by_pod = record
@@ -362,7 +336,7 @@ impl Controller {
         if !owned_by_pod {
             // A record of an earlier pod of the same name; the new pod's mount rewrites it,
             // which is an event of its own.
-            return Next::Done;
+            return Ok(());
         }
         let pod_ref = PodRef {
             namespace: namespace.clone(),
@@ -372,14 +346,14 @@ impl Controller {
         let class_name = &status.secret_provider_class_name;
         let spec = match self.classes.get(namespace, class_name).await {
             Ok(class) => class.spec,
-            Err(ClassError::NotFound { .. }) => return Next::Backoff,
+            Err(err @ ClassError::NotFound { .. }) => return Err(Retry(err.to_string())),
             Err(err) => {
                 tracing::warn!(error = %err, "failed to get SecretProviderClass for sync");
-                return Next::Backoff;
+                return Err(Retry(err.to_string()));
             }
         };
         if spec.secret_objects.is_empty() {
-            return Next::Done;
+            return Ok(());
         }
         self.start_secret_watch();
         let volumes = self.class_volumes(&pod, class_name);
@@ -396,10 +370,10 @@ impl Controller {
                 );
                 self.metrics.secret_sync_error("FailedToGetMountedFiles");
                 self.sync_failed_event(&pod_ref, &message).await;
-                return Next::Backoff;
+                return Err(Retry(message));
             }
         };
-        let owner = owner_of(&pod, &record);
+        let owner = owner_of(&pod, record);
         let mut failed = false;
         for (index, entry) in spec.secret_objects.iter().enumerate() {
             let described = if entry.secret_name.is_empty() {
@@ -476,7 +450,11 @@ impl Controller {
             }
         }
         self.metrics.secret_sync_duration(started.elapsed());
-        if failed { Next::Backoff } else { Next::Done }
+        if failed {
+            Err(Retry(format!("syncing {namespace}/{}", status.pod_name)))
+        } else {
+            Ok(())
+        }
     }
 
     async fn sync_failed_event(&self, pod: &PodRef, message: &str) {
