@@ -3,17 +3,23 @@
 //! The modules follow the path a secret takes from its store to a pod's volume:
 //!
 //! ```text
-//! kubelet --NodePublishVolume--> csi::node         typed request (pod, ns, uid, SA, tokens, spc, target)
+//! kubelet --NodePublishVolume--> csi::node         typed request (pod, tokens, spc, target)
 //!   csi::guard                                    second concurrent call on a target -> ABORTED
 //!   publish::publish(ctx, request)                one pipeline, also used by `mount`
 //!     class     : SecretProviderClass lookup (pod namespace) + parameter assembly
 //!     provider  : registry -> built-in (vault, aws, local) or external plugin socket
-//!     volume    : validate payload -> tmpfs mount -> atomic writer (..data swap)
+//!     volume    : target lifecycle -> payload validation -> tmpfs -> atomic writer (..data)
 //!     pod_status: SecretProviderClassPodStatus record (node label, pod owner, object versions)
+//!     rotation  : remembered volume state, interval gate, rotation Events and conditions
 //!   <-- Ok | one PublishError -> tonic::Status mapping (csi::status)
-//! sync      : controller over this node's SPCPS -> Kubernetes Secrets (secretObjects)
+//! sync      : kube-runtime Controller over this node's SPCPS -> Kubernetes Secrets
 //! events    : Warning/Normal Events on pods for sync and rotation outcomes
+//! app       : one module per mode (node, mount, provider), one built-in provider factory
+//! leaves    : pod (identity, attribute names), error (messages), grpc (sockets, deadlines),
+//!             limits, lock, redact, crd, proto
 //! ```
+//!
+//! Dependencies only point down this map; `tests/module_graph.rs` keeps it so.
 //!
 //! Secret values and tokens only ever travel inside [`redact::Secret`], whose `Debug` and
 //! `Display` print `<redacted>`.
