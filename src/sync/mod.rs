@@ -174,7 +174,8 @@ impl Controller {
         }
     }
 
-    /// The next attempt of a failed record: 5 s, doubling up to 5 min.
+    /// The next attempt of a failed record: 5 s, doubling up to 5 min, and never later than
+    /// the resync every record gets.
     fn backoff(&self, record: &SecretProviderClassPodStatus) -> Action {
         let key = key_of(&record.metadata);
         let attempts = {
@@ -188,7 +189,8 @@ impl Controller {
         Action::requeue(
             FIRST_RETRY
                 .saturating_mul(1 << attempts.saturating_sub(1).min(6))
-                .min(MAX_RETRY),
+                .min(MAX_RETRY)
+                .min(self.settings.resync_interval),
         )
     }
 
