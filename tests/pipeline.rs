@@ -63,9 +63,11 @@ impl Provider for Scripted {
                     contents: Secret::new(value.as_bytes().to_vec()),
                 }],
             }),
+            // The backend's own error travels as the source, and reaches kubelet's message.
             Err(message) => Err(ProviderError::BackendUnavailable {
                 provider: "scripted".into(),
-                message: message.into(),
+                message: "the backend is unreachable".into(),
+                source: Some(Arc::new(std::io::Error::other(message))),
             }),
         }
     }
@@ -190,7 +192,10 @@ async fn a_failed_rotation_keeps_the_old_files_and_answers_ok() {
     let Outcome::RotationFailed { message } = &failed.outcome else {
         panic!("expected a failed rotation, got {:?}", failed.outcome);
     };
-    assert!(message.contains("vault is sealed"), "{message}");
+    assert!(
+        message.contains("the backend is unreachable: vault is sealed"),
+        "{message}"
+    );
     assert_eq!(token(&target), "one", "the mounted contents stay");
     assert_eq!(failed.versions[0].version, "one");
     assert_eq!(

@@ -86,6 +86,7 @@ impl ExternalProvider {
                 provider,
                 socket: self.socket.display().to_string(),
                 message: transport_message(&status),
+                source: None,
             },
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled if timeout.is_some() => {
                 ProviderError::DeadlineExceeded {

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -186,9 +187,10 @@ impl LocalProvider {
             .map_err(|err| ProviderError::Backend {
                 provider: NAME.to_owned(),
                 message: format!(
-                    "--local-provider-root {} cannot be read: {err}",
+                    "--local-provider-root {} cannot be read",
                     self.base.display()
                 ),
+                source: Some(Arc::new(err)),
             })?;
         if resolved.starts_with(&root) {
             Ok(())
@@ -214,16 +216,16 @@ impl LocalProvider {
         let mut pending = vec![(dir.to_owned(), String::new(), 0usize)];
         let mut bytes = 0usize;
         while let Some((current, prefix, depth)) = pending.pop() {
-            let entries = std::fs::read_dir(&current).map_err(|err| backend(&current, &err))?;
+            let entries = std::fs::read_dir(&current).map_err(|err| backend(&current, err))?;
             for entry in entries {
-                let entry = entry.map_err(|err| backend(&current, &err))?;
+                let entry = entry.map_err(|err| backend(&current, err))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
                 // Dot entries are hidden, as in Kubernetes' own `..data` layouts.
                 if name.starts_with('.') {
                     continue;
                 }
                 let path = entry.path();
-                let resolved = path.canonicalize().map_err(|err| backend(&path, &err))?;
+                let resolved = path.canonicalize().map_err(|err| backend(&path, err))?;
                 self.check_inside(&resolved)?;
                 let relative = if prefix.is_empty() {
                     name
@@ -281,7 +283,8 @@ impl Provider for LocalProvider {
         .unwrap_or_else(|join| {
             Err(ProviderError::Backend {
                 provider: NAME.to_owned(),
-                message: format!("reading the source failed: {join}"),
+                message: "reading the source failed".to_owned(),
+                source: Some(Arc::new(join)),
             })
         })
     }
@@ -340,8 +343,8 @@ fn parse_objects(text: &str) -> Result<Vec<ObjectSpec>, ProviderError> {
 
 /// A file's bytes, refusing one larger than `max_bytes` before reading it.
 fn read_bounded(path: &Path, max_bytes: usize) -> Result<Vec<u8>, ProviderError> {
-    let file = std::fs::File::open(path).map_err(|err| backend(path, &err))?;
-    let len = file.metadata().map_err(|err| backend(path, &err))?.len();
+    let file = std::fs::File::open(path).map_err(|err| backend(path, err))?;
+    let len = file.metadata().map_err(|err| backend(path, err))?.len();
     let limit = u64::try_from(max_bytes).unwrap_or(u64::MAX);
     if len > limit {
         return Err(too_big(&format!(
@@ -352,7 +355,7 @@ fn read_bounded(path: &Path, max_bytes: usize) -> Result<Vec<u8>, ProviderError>
     let mut bytes = Vec::new();
     file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
-        .map_err(|err| backend(path, &err))?;
+        .map_err(|err| backend(path, err))?;
     if bytes.len() > max_bytes {
         return Err(too_big(&format!(
             "{} grew while it was read",
@@ -456,10 +459,11 @@ fn denied(message: &str) -> ProviderError {
     }
 }
 
-fn backend(path: &Path, err: &std::io::Error) -> ProviderError {
+fn backend(path: &Path, err: std::io::Error) -> ProviderError {
     ProviderError::Backend {
         provider: NAME.to_owned(),
-        message: format!("cannot read {}: {err}", path.display()),
+        message: format!("cannot read {}", path.display()),
+        source: Some(Arc::new(err)),
     }
 }
 

@@ -26,6 +26,17 @@ pub use registry::{Registry, RegistryConfig};
 use crate::pod::PodInfo;
 use crate::redact::{SecretBytes, SecretString};
 
+/// The lower error behind a provider failure, kept for the message chain; shared, as the
+/// read-sharing caches hand one failure to every pod waiting on it.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A cause that is only a sentence.
+pub fn cause(message: impl Into<String>) -> Cause {
+    Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+        message.into(),
+    ))
+}
+
 /// Default file mode told to providers, as upstream (`"420"` on the wire).
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
 
@@ -194,8 +205,11 @@ pub enum ProviderError {
         provider: String,
         /// The socket dialed.
         socket: String,
-        /// The transport error.
+        /// What the transport said.
         message: String,
+        /// The error underneath, if there is one.
+        #[source]
+        source: Option<Cause>,
     },
     /// The call did not finish before the deadline.
     #[error("provider {provider:?} did not answer within {timeout:?}")]
@@ -268,6 +282,9 @@ pub enum ProviderError {
         provider: String,
         /// Where it was reached and what to check.
         message: String,
+        /// The error underneath, if there is one.
+        #[source]
+        source: Option<Cause>,
     },
     /// The backend did not answer before the mount's deadline.
     #[error("provider {provider:?}: {message}")]
@@ -276,6 +293,9 @@ pub enum ProviderError {
         provider: String,
         /// What was being waited for.
         message: String,
+        /// The error underneath, if there is one.
+        #[source]
+        source: Option<Cause>,
     },
     /// The backend failed in a way not covered above.
     #[error("provider {provider:?}: {message}")]
@@ -284,6 +304,9 @@ pub enum ProviderError {
         provider: String,
         /// What failed.
         message: String,
+        /// The error underneath, if there is one.
+        #[source]
+        source: Option<Cause>,
     },
 }
 

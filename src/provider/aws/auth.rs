@@ -247,12 +247,14 @@ impl Auth {
                     None => ProviderError::BackendUnavailable {
                         provider: NAME.to_owned(),
                         message: format!("{doing} failed: {}", super::client::describe(&err)),
+                        source: None,
                     },
                 }
             })?;
         let issued = reply.credentials().ok_or_else(|| ProviderError::Backend {
             provider: NAME.to_owned(),
             message: format!("STS returned no credentials for role {role_arn}"),
+            source: None,
         })?;
         let expiry = SystemTime::try_from(*issued.expiration()).ok();
         tracing::debug!(

@@ -150,6 +150,7 @@ fn kube_error(doing: &str, err: &kube::Error) -> ProviderError {
         other => ProviderError::BackendUnavailable {
             provider: NAME.to_owned(),
             message: format!("{doing}: {}", crate::error::kube_message(other)),
+            source: None,
         },
     }
 }

@@ -385,6 +385,7 @@ impl AwsProvider {
                         "{what} ({}: {primary_err}; {failover_region}: {failover_err})",
                         config.region
                     ),
+                    source: None,
                 })
             }
             _ => Err(self
@@ -413,6 +414,7 @@ impl AwsProvider {
             return ProviderError::BackendUnavailable {
                 provider,
                 message: format!("{doing}: {err}"),
+                source: None,
             };
         };
         if client::is_bad_credentials(code) {
@@ -443,9 +445,14 @@ impl AwsProvider {
             ProviderError::BackendUnavailable {
                 provider,
                 message: format!("{message}; AWS throttled the calls after retries with backoff"),
+                source: None,
             }
         } else {
-            ProviderError::Backend { provider, message }
+            ProviderError::Backend {
+                provider,
+                message,
+                source: None,
+            }
         }
     }
 }

@@ -231,6 +231,7 @@ impl Auth {
                         config.auth_mount,
                         reply.errors()
                     ),
+                    source: None,
                 });
             }
             404 | 405 => {
@@ -320,6 +321,7 @@ fn lease(reply: &Reply) -> Result<(VaultToken, Duration), ProviderError> {
         serde_json::from_slice(reply.body.expose()).map_err(|_| ProviderError::Backend {
             provider: NAME.to_owned(),
             message: "Vault's login answer is not JSON with an `auth` section".to_owned(),
+            source: None,
         })?;
     let auth = parsed
         .auth
@@ -327,6 +329,7 @@ fn lease(reply: &Reply) -> Result<(VaultToken, Duration), ProviderError> {
         .ok_or_else(|| ProviderError::Backend {
             provider: NAME.to_owned(),
             message: "Vault's login answer has no auth.client_token".to_owned(),
+            source: None,
         })?;
     let (expires_at, fresh_for) = if auth.lease_duration == 0 {
         // A token without a TTL (e.g. a root token): keep it for a while, re-check after.
@@ -356,13 +359,14 @@ pub fn transport_error(config: &VolumeConfig, doing: &str, err: TransportError) 
             provider: NAME.to_owned(),
             message,
         },
-        TransportError::Unreachable(message) => ProviderError::BackendUnavailable {
+        TransportError::Unreachable(cause) => ProviderError::BackendUnavailable {
             provider: NAME.to_owned(),
             message: format!(
-                "Vault at {} is unreachable ({doing}): {message}; check vaultAddress, DNS and \
-                 network policies between the node and Vault",
+                "Vault at {} is unreachable ({doing}); check vaultAddress, DNS and network \
+                 policies between the node and Vault",
                 config.address
             ),
+            source: Some(cause),
         },
         TransportError::TooLarge { limit } => ProviderError::ResponseTooLarge {
             provider: NAME.to_owned(),
@@ -378,6 +382,7 @@ pub fn transport_error(config: &VolumeConfig, doing: &str, err: TransportError) 
                 "Vault at {} did not answer before the mount deadline ({doing})",
                 config.address
             ),
+            source: None,
         },
     }
 }

@@ -21,6 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use super::config::{TlsConfig, TlsFile, TlsPolicy};
 use crate::limits::{ByteBudget, MAX_CA_DIRECTORY_FILES, MAX_TLS_CLIENTS, MAX_TLS_FILE_BYTES};
 use crate::provider::shared_cache::SharedCache;
+use crate::provider::{Cause, cause};
 use crate::redact::SecretString;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -95,7 +96,7 @@ pub enum TransportError {
     InvalidRequest(String),
     /// No connection could be made, even after retries.
     #[error("{0}")]
-    Unreachable(String),
+    Unreachable(Cause),
     /// The deadline passed.
     #[error("no answer before the mount deadline")]
     Timeout,
@@ -214,12 +215,12 @@ impl Transport {
 
 enum Attempt {
     Status(Reply),
-    Failed(String),
+    Failed(Cause),
 }
 
 /// Why one attempt produced no answer.
 enum Failed {
-    Transport(String),
+    Transport(Cause),
     TooLarge(usize),
 }
 
@@ -273,7 +274,7 @@ async fn send_once(
     let response = client
         .request(request)
         .await
-        .map_err(|err| Failed::Transport(crate::error::full_message(&err)))?;
+        .map_err(|err| Failed::Transport(Arc::new(err)))?;
     let status = response.status().as_u16();
     let declared = response
         .headers()
@@ -289,15 +290,15 @@ async fn send_once(
     let mut stream = response.into_body();
     let mut received = 0usize;
     while let Some(frame) = stream.frame().await {
-        let frame =
-            frame.map_err(|err| Failed::Transport(format!("reading the response: {err}")))?;
+        let frame = frame
+            .map_err(|err| Failed::Transport(cause(format!("reading the response: {err}"))))?;
         if let Some(data) = frame.data_ref() {
             received += data.len();
             match declared {
                 Some(length) if received > length => {
-                    return Err(Failed::Transport(
-                        "the response is longer than its Content-Length".to_owned(),
-                    ));
+                    return Err(Failed::Transport(cause(
+                        "the response is longer than its Content-Length",
+                    )));
                 }
                 Some(_) => {}
                 None => budget.charge(data.len()).map_err(too_large)?,

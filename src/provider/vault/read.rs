@@ -75,6 +75,7 @@ impl ReadFailure {
                     "couldn't read secret {name:?}: Vault at {address} kept failing for {path} \
                      ({errors}); it may be sealed, overloaded or down"
                 ),
+                source: None,
             },
             Self::Malformed => ProviderError::Backend {
                 provider,
@@ -82,6 +83,7 @@ impl ReadFailure {
                     "couldn't read secret {name:?}: the answer for {path} is not Vault JSON; \
                      check that vaultAddress points at Vault"
                 ),
+                source: None,
             },
             Self::Other(err) => clone_error(err, name),
         }
@@ -97,13 +99,19 @@ fn clone_error(err: &ProviderError, object: &str) -> ProviderError {
             provider,
             message: named(message),
         },
-        ProviderError::BackendUnavailable { message, .. } => ProviderError::BackendUnavailable {
+        ProviderError::BackendUnavailable {
+            message, source, ..
+        } => ProviderError::BackendUnavailable {
             provider,
             message: named(message),
+            source: source.clone(),
         },
-        ProviderError::BackendTimeout { message, .. } => ProviderError::BackendTimeout {
+        ProviderError::BackendTimeout {
+            message, source, ..
+        } => ProviderError::BackendTimeout {
             provider,
             message: named(message),
+            source: source.clone(),
         },
         ProviderError::InvalidParameters { message, .. } => ProviderError::InvalidParameters {
             provider,
@@ -116,7 +124,8 @@ fn clone_error(err: &ProviderError, object: &str) -> ProviderError {
         },
         other => ProviderError::Backend {
             provider,
-            message: named(&other.to_string()),
+            message: named(&crate::error::full_message(other)),
+            source: None,
         },
     }
 }
@@ -225,6 +234,7 @@ pub fn contents(object: &ObjectConfig, response: &Response) -> Result<Vec<u8>, P
             object.name,
             object.request.path_and_query()
         ),
+        source: None,
     };
     let parsed = top(response.body.expose()).map_err(|_| malformed())?;
     let Some(key) = &object.secret_key else {
