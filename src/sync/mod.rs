@@ -265,8 +265,17 @@ impl Controller {
                 deleted,
                 "a synced Secret was changed outside the driver; repairing it"
             );
-            // The controller maps it to its records; it only stops at shutdown.
-            let _ = self.changed_secrets.send(secret);
+            // The controller maps its name to the records; only the name travels, never the
+            // data. The channel only closes at shutdown.
+            let name_only = KubeSecret {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: secret.metadata.name,
+                    namespace: secret.metadata.namespace,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let _ = self.changed_secrets.send(name_only);
         }
     }
 
