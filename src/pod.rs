@@ -45,7 +45,8 @@ impl PodInfo {
     }
 
     /// Writes the identity into `attributes` as kubelet names it, over anything there (the
-    /// provider plugin protocol carries the pod as attributes).
+    /// provider plugin protocol carries the pod as attributes); an empty field stays absent,
+    /// as kubelet sends it.
     pub fn put_into(&self, attributes: &mut BTreeMap<String, String>) {
         for (key, value) in [
             (POD_NAME, &self.name),
@@ -53,7 +54,11 @@ impl PodInfo {
             (POD_UID, &self.uid),
             (SERVICE_ACCOUNT, &self.service_account),
         ] {
-            attributes.insert(key.to_owned(), value.clone());
+            if value.is_empty() {
+                attributes.remove(key);
+            } else {
+                attributes.insert(key.to_owned(), value.clone());
+            }
         }
     }
 }
