@@ -522,15 +522,19 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
 }
 
 /// The mounted volume's files as a provider may read them back: only after a completed swap,
-/// only through the links into `..data`.
+/// only through the links into `..data`. Nothing is touched until a provider reads, so
+/// providers that never reuse files cost no filesystem calls.
 fn mounted_files(target: &Path) -> MountedFiles {
-    let Ok(root) = target.canonicalize() else {
-        return MountedFiles::default();
-    };
-    if AtomicWriter::swapped_at(&root).is_err() {
-        return MountedFiles::default();
-    }
-    MountedFiles::new(move |name| volume::read_published(&root, name).ok())
+    let target = target.to_owned();
+    let root = std::sync::OnceLock::new();
+    MountedFiles::new(move |name| {
+        let root: &Option<PathBuf> = root.get_or_init(|| {
+            let root = target.canonicalize().ok()?;
+            AtomicWriter::swapped_at(&root).ok()?;
+            Some(root)
+        });
+        volume::read_published(root.as_deref()?, name).ok()
+    })
 }
 
 struct Fetched {
@@ -568,11 +572,6 @@ async fn fetch_and_write(
         .timeout
         .map(|timeout| timeout.saturating_sub(started.elapsed()));
     let current_versions = ctx.volumes.versions(&request.target_path);
-    let mounted = if current_versions.is_empty() {
-        MountedFiles::default()
-    } else {
-        mounted_files(&request.target_path)
-    };
     let mount_request = MountRequest {
         pod: request.pod.clone(),
         parameters,
@@ -581,7 +580,7 @@ async fn fetch_and_write(
         target_path: request.target_path.clone(),
         default_mode: DEFAULT_FILE_MODE,
         current_versions,
-        mounted,
+        mounted: mounted_files(&request.target_path),
         timeout,
         max_bytes: ctx.volume_bytes,
     };

@@ -13,8 +13,9 @@ use super::{registry, version_key};
 use crate::class::{Class, StaticClasses};
 use crate::cli::MountArgs;
 use crate::crd::SecretProviderClass;
+use crate::error::full_message;
 use crate::metrics::Metrics;
-use crate::pod::{self as attr, PodInfo};
+use crate::pod::{CLASS_ATTRIBUTE, PodInfo};
 use crate::provider::vault::auth::Credentials;
 use crate::provider::{ObjectVersion, aws, local, vault};
 use crate::publish::{self, Context, Mode, PublishRequest, Published};
@@ -93,7 +94,7 @@ pub(super) async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
 
     let published = publish::publish(&ctx, &request, Mode::Refresh)
         .await
-        .map_err(|err| anyhow::anyhow!(csi_message(&err)))?;
+        .map_err(|err| anyhow::anyhow!(full_message(&err)))?;
     let backing = if tmpfs {
         "tmpfs"
     } else {
@@ -127,7 +128,7 @@ pub(super) async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
             }
             Err(err) => eprintln!(
                 "refresh failed, keeping the previous files: {}",
-                csi_message(&err)
+                full_message(&err)
             ),
         }
     }
@@ -151,10 +152,6 @@ fn mount_credentials(args: &MountArgs) -> anyhow::Result<Credentials> {
     })
 }
 
-fn csi_message(err: &publish::PublishError) -> String {
-    crate::error::full_message(err)
-}
-
 fn mount_request(args: &MountArgs, name: &str, namespace: &str, target: PathBuf) -> PublishRequest {
     let pod = PodInfo {
         name: args.pod_name.clone(),
@@ -162,12 +159,9 @@ fn mount_request(args: &MountArgs, name: &str, namespace: &str, target: PathBuf)
         uid: "00000000-0000-0000-0000-000000000000".to_owned(),
         service_account: args.service_account.clone(),
     };
+    // The identity travels typed in `pod`, as the pipeline hands it to providers.
     let attributes: BTreeMap<String, String> = [
-        (attr::CLASS_ATTRIBUTE, name),
-        (attr::POD_NAME, &pod.name),
-        (attr::POD_NAMESPACE, &pod.namespace),
-        (attr::POD_UID, &pod.uid),
-        (attr::SERVICE_ACCOUNT, &pod.service_account),
+        (CLASS_ATTRIBUTE, name),
         ("csi.storage.k8s.io/ephemeral", "true"),
     ]
     .into_iter()
