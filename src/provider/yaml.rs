@@ -1,7 +1,10 @@
 //! The one YAML (and JSON) reader for what classes and local sources hold, with the bounds of
 //! [`crate::limits`]: nesting, node count, alias expansion and, for `objects` lists, entries.
 
-use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+
+use serde::Deserializer;
+use serde::de::{DeserializeOwned, Error as _, IgnoredAny, MapAccess, Visitor};
 
 use crate::limits::{MAX_DOCUMENT_DEPTH, MAX_DOCUMENT_NODES, MAX_FILES};
 
@@ -55,6 +58,57 @@ pub fn objects<T: DeserializeOwned>(text: &str) -> Result<Vec<T>, ListError> {
         return Err(ListError::TooMany(list.len()));
     }
     Ok(list)
+}
+
+/// A mapping read the way Go's `encoding/json` reads a struct, which ASCP's classes rely on
+/// (its own tests write `objectname` and `jmespath`): a key matches a field exactly or, failing
+/// that, ignoring ASCII case, and keys matching no field are skipped.
+pub trait FoldedFields: Default {
+    /// Field names as documented; at most 64.
+    const FIELDS: &'static [&'static str];
+    /// What the mapping is, for the type error.
+    const EXPECTING: &'static str;
+    /// Reads the value of `FIELDS[field]`.
+    fn set<'de, A: MapAccess<'de>>(&mut self, field: usize, map: &mut A) -> Result<(), A::Error>;
+}
+
+/// Deserializes a [`FoldedFields`] mapping; a field given twice (in any spelling) is refused,
+/// since which one Go would take is not obvious from the class.
+pub fn deserialize_folded<'de, T: FoldedFields, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    struct Fields<T>(PhantomData<T>);
+    impl<'de, T: FoldedFields> Visitor<'de> for Fields<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(T::EXPECTING)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+            let mut out = T::default();
+            let mut seen = 0u64;
+            while let Some(key) = map.next_key::<String>()? {
+                let field = T::FIELDS.iter().position(|f| *f == key).or_else(|| {
+                    T::FIELDS
+                        .iter()
+                        .position(|f| f.eq_ignore_ascii_case(&key))
+                });
+                let Some(field) = field else {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                };
+                if seen & (1 << field) != 0 {
+                    return Err(A::Error::custom(format!(
+                        "{key:?}: {} is given twice (keys match ignoring case)",
+                        T::FIELDS[field]
+                    )));
+                }
+                seen |= 1 << field;
+                out.set(field, &mut map)?;
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_map(Fields(PhantomData))
 }
 
 #[cfg(test)]

@@ -5,11 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
+use serde::de::MapAccess;
 
 use super::{NAME, jmes};
 use crate::limits;
 use crate::pod::PodInfo;
-use crate::provider::{ProviderError, parse_go_bool, yaml};
+use crate::provider::yaml::{self, FoldedFields};
+use crate::provider::{ProviderError, parse_go_bool};
 
 /// The parameters this provider reads, which only the class may set (see
 /// [`crate::provider::Provider::class_parameters`]).
@@ -215,8 +217,7 @@ struct Regions<'a> {
     failover: Option<&'a str>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Default)]
 struct RawObject {
     object_name: String,
     object_type: String,
@@ -228,21 +229,83 @@ struct RawObject {
     failover_object: Option<RawFailover>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
+impl FoldedFields for RawObject {
+    const FIELDS: &'static [&'static str] = &[
+        "objectName",
+        "objectType",
+        "objectAlias",
+        "objectVersion",
+        "objectVersionLabel",
+        "filePermission",
+        "jmesPath",
+        "failoverObject",
+    ];
+    const EXPECTING: &'static str = "an objects entry";
+    fn set<'de, A: MapAccess<'de>>(&mut self, field: usize, map: &mut A) -> Result<(), A::Error> {
+        match field {
+            0 => self.object_name = map.next_value()?,
+            1 => self.object_type = map.next_value()?,
+            2 => self.object_alias = map.next_value()?,
+            3 => self.object_version = map.next_value()?,
+            4 => self.object_version_label = map.next_value()?,
+            5 => self.file_permission = map.next_value()?,
+            6 => self.jmes_path = map.next_value()?,
+            _ => self.failover_object = map.next_value()?,
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
 struct RawJmes {
     path: String,
     object_alias: String,
     file_permission: String,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
+impl FoldedFields for RawJmes {
+    const FIELDS: &'static [&'static str] = &["path", "objectAlias", "filePermission"];
+    const EXPECTING: &'static str = "a jmesPath entry";
+    fn set<'de, A: MapAccess<'de>>(&mut self, field: usize, map: &mut A) -> Result<(), A::Error> {
+        match field {
+            0 => self.path = map.next_value()?,
+            1 => self.object_alias = map.next_value()?,
+            _ => self.file_permission = map.next_value()?,
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
 struct RawFailover {
     object_name: String,
     object_version: String,
     object_version_label: String,
 }
+
+impl FoldedFields for RawFailover {
+    const FIELDS: &'static [&'static str] = &["objectName", "objectVersion", "objectVersionLabel"];
+    const EXPECTING: &'static str = "a failoverObject";
+    fn set<'de, A: MapAccess<'de>>(&mut self, field: usize, map: &mut A) -> Result<(), A::Error> {
+        match field {
+            0 => self.object_name = map.next_value()?,
+            1 => self.object_version = map.next_value()?,
+            _ => self.object_version_label = map.next_value()?,
+        }
+        Ok(())
+    }
+}
+
+macro_rules! folded_deserialize {
+    ($($ty:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                yaml::deserialize_folded(deserializer)
+            }
+        }
+    )*};
+}
+folded_deserialize!(RawObject, RawJmes, RawFailover);
 
 fn parse_objects(
     text: &str,
@@ -296,10 +359,8 @@ fn parse_object(
         ));
     }
     let alias = non_empty(&raw.object_alias);
-    let file = match &alias {
-        Some(alias) => alias.clone(),
-        None => translate(&name, translation),
-    };
+    // ASCP translates the alias as well as the name.
+    let file = translate(alias.as_deref().unwrap_or(&name), translation);
     check_traversal(&file, "objectAlias")?;
     check_file(&file, "objectAlias")?;
     let mode = permission(&raw.file_permission, "filePermission")?;
@@ -312,7 +373,7 @@ fn parse_object(
                 "jmesPath[{index}]: Path must be specified for JMES object {name}"
             ));
         }
-        let alias = entry.object_alias.trim().to_owned();
+        let alias = translate(entry.object_alias.trim(), translation);
         if alias.is_empty() {
             return Err(format!(
                 "jmesPath[{index}]: Object alias must be specified for JMES object {name} (path {path})"
@@ -486,7 +547,8 @@ fn permission(text: &str, field: &str) -> Result<Option<u32>, String> {
             "{field}: Invalid File Permission: {text}; use 4 octal digits such as \"0640\""
         ));
     }
-    Ok(u32::from_str_radix(text, 8).ok())
+    // The first digit (setuid, setgid, sticky) is dropped, as upstream's writer drops it.
+    Ok(u32::from_str_radix(text, 8).ok().map(|mode| mode & 0o777))
 }
 
 fn non_empty(text: &str) -> Option<String> {
@@ -557,6 +619,51 @@ mod tests {
 
     fn error(objects: &str) -> String {
         parse_objects_text(objects).unwrap_err()
+    }
+
+    fn untranslated(objects: &str) -> Result<VolumeConfig, String> {
+        let parameters = BTreeMap::from([
+            ("objects".to_owned(), objects.to_owned()),
+            ("pathTranslation".to_owned(), "False".to_owned()),
+        ]);
+        parse(&parameters, "us-east-1", &PodInfo::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn aliases_are_translated_and_keys_match_ignoring_case_as_in_ascp() {
+        // ASCP's own integration test class spells keys in lower case.
+        let config = parse_objects_text(
+            "- objectname: app/json\n  objecttype: secretsmanager\n  objectalias: conf/app\n  \
+             FILEPERMISSION: '1640'\n  jmespath:\n    - {path: user, objectalias: db/user}\n  \
+             unknownKey: ignored\n",
+        )
+        .unwrap();
+        let object = &config.objects[0];
+        assert_eq!(object.read.name, "app/json");
+        assert_eq!(object.file, "conf_app");
+        assert_eq!(object.mode, Some(0o640), "the high digit is dropped");
+        assert_eq!(object.jmes[0].alias, "db_user");
+
+        let config = untranslated(
+            "- {objectName: /app/x, objectType: ssmparameter, objectAlias: /dir/x, \
+             jmesPath: [{path: a, objectAlias: /dir/a}]}",
+        )
+        .unwrap();
+        assert_eq!(config.objects[0].file, "dir/x");
+        assert_eq!(config.objects[0].jmes[0].alias, "dir/a");
+        // Translation turns a traversal into a plain name; without it, it is refused.
+        parse_objects_text("- {objectName: x, objectType: secretsmanager, objectAlias: a/../b}")
+            .unwrap();
+        for objects in [
+            "- {objectName: x, objectType: secretsmanager, objectAlias: a/../b}",
+            "- {objectName: x, objectType: secretsmanager, jmesPath: [{path: a, objectAlias: ../a}]}",
+        ] {
+            let message = untranslated(objects).unwrap_err();
+            assert!(message.contains("path can not contain ../"), "{message}");
+        }
+        let message =
+            error("- {objectName: x, objectname: y, objectType: secretsmanager}");
+        assert!(message.contains("objectName is given twice"), "{message}");
     }
 
     #[test]
@@ -641,10 +748,6 @@ mod tests {
                 "Invalid File Permission: 0800",
             ),
             (
-                "- {objectName: x, objectType: secretsmanager, objectAlias: a/../b}",
-                "path can not contain ../",
-            ),
-            (
                 "- {objectName: x, objectType: secretsmanager, objectAlias: ..}",
                 "path can not contain ../",
             ),
@@ -655,10 +758,6 @@ mod tests {
             (
                 "- {objectName: x, objectType: secretsmanager, jmesPath: [{path: a}]}",
                 "Object alias must be specified for JMES object x",
-            ),
-            (
-                "- {objectName: x, objectType: secretsmanager, jmesPath: [{path: a, objectAlias: ../a}]}",
-                "jmesPath[0].objectAlias: path can not contain ../",
             ),
             ("- ", "Empty descriptor entry in SecretProviderClass"),
             ("array:\n  - x", "Failed to load SecretProviderClass"),
@@ -687,9 +786,10 @@ mod tests {
     #[test]
     fn hostile_names_regions_and_expressions_fail_before_any_call() {
         let deep = vec!["d"; 2000].join("/");
-        let message = error(&format!(
+        let message = untranslated(&format!(
             "- {{objectName: x, objectType: secretsmanager, objectAlias: {deep}}}"
-        ));
+        ))
+        .unwrap_err();
         assert!(message.contains("16 directories deep"), "{message}");
         let nested = format!("{}a{}", "(".repeat(3000), ")".repeat(3000));
         let message = error(&format!(
