@@ -164,9 +164,9 @@ mod tests {
             (
                 PublishError::Payload {
                     pod: "team/web".into(),
-                    source: PayloadError::Mode {
-                        path: "a".into(),
-                        mode: 0o4755,
+                    source: PayloadError::Conflict {
+                        file: "a".into(),
+                        other: "a/b".into(),
                     },
                 },
                 Code::Internal,

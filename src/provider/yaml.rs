@@ -60,16 +60,21 @@ pub fn objects<T: DeserializeOwned>(text: &str) -> Result<Vec<T>, ListError> {
     Ok(list)
 }
 
-/// A mapping read the way Go's `encoding/json` reads a struct, which ASCP's classes rely on
-/// (its own tests write `objectname` and `jmespath`): a key matches a field exactly or, failing
-/// that, ignoring ASCII case, and keys matching no field are skipped.
+/// A mapping read the way Go reads a struct, so classes written for a Go provider parse the
+/// same: keys matching no field are skipped (both providers), and with `IGNORE_CASE` a key
+/// matches a field exactly or, failing that, ignoring ASCII case, as `encoding/json` does
+/// (ASCP's own tests write `objectname` and `jmespath`).
 pub trait FoldedFields: Default {
     /// Field names as documented; at most 64.
     const FIELDS: &'static [&'static str];
     /// What the mapping is, for the type error.
     const EXPECTING: &'static str;
+    /// Match keys ignoring ASCII case (`encoding/json`), not exactly (`yaml.v3`).
+    const IGNORE_CASE: bool = true;
     /// Reads the value of `FIELDS[field]`.
     fn set<'de, A: MapAccess<'de>>(&mut self, field: usize, map: &mut A) -> Result<(), A::Error>;
+    /// Sees a key that matched no field, whose value was skipped.
+    fn unknown(&mut self, _key: String) {}
 }
 
 /// Deserializes a [`FoldedFields`] mapping; a field given twice (in any spelling) is refused,
@@ -90,10 +95,11 @@ pub fn deserialize_folded<'de, T: FoldedFields, D: Deserializer<'de>>(
                 let field = T::FIELDS.iter().position(|f| *f == key).or_else(|| {
                     T::FIELDS
                         .iter()
-                        .position(|f| f.eq_ignore_ascii_case(&key))
+                        .position(|f| T::IGNORE_CASE && f.eq_ignore_ascii_case(&key))
                 });
                 let Some(field) = field else {
                     map.next_value::<IgnoredAny>()?;
+                    out.unknown(key);
                     continue;
                 };
                 if seen & (1 << field) != 0 {

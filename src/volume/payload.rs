@@ -33,16 +33,6 @@ pub enum PayloadError {
         /// The rule it breaks.
         reason: &'static str,
     },
-    /// The mode is not permission bits.
-    #[error(
-        "provider returned file {path:?} with mode {mode:#o}: a file mode must be between 0 and 0777"
-    )]
-    Mode {
-        /// The file.
-        path: String,
-        /// The offending mode.
-        mode: u32,
-    },
     /// One path is both a file and a directory of another path.
     #[error("provider returned {file:?} as a file and as a directory of {other:?}")]
     Conflict {
@@ -87,13 +77,17 @@ impl Payload {
                 path: file.path.clone(),
                 reason,
             })?;
-            if file.mode > 0o777 {
-                return Err(PayloadError::Mode {
-                    path: file.path,
-                    mode: file.mode,
-                });
+            // Only permission bits are written, as upstream's writer does: setuid, setgid and
+            // sticky bits (ASCP passes a `filePermission` of `1644` on) are dropped.
+            let mode = file.mode & 0o777;
+            if mode != file.mode {
+                tracing::warn!(
+                    file = %file.path,
+                    mode = format_args!("{:#o}", file.mode),
+                    written = format_args!("{mode:#o}"),
+                    "provider returned a mode beyond permission bits; writing its permission bits"
+                );
             }
-            let mode = file.mode;
             payload.insert(
                 PathBuf::from(&file.path),
                 PayloadFile {
@@ -211,15 +205,10 @@ mod tests {
     }
 
     #[test]
-    fn rejects_modes_beyond_permission_bits() {
-        for mode in [u32::MAX, 0o1000, 0o4755] {
-            assert!(
-                matches!(
-                    validate(vec![file("a", mode)]),
-                    Err(PayloadError::Mode { .. })
-                ),
-                "{mode:o}"
-            );
+    fn modes_keep_only_permission_bits_as_upstream() {
+        for (mode, written) in [(u32::MAX, 0o777), (0o1644, 0o644), (0o4755, 0o755)] {
+            let payload = validate(vec![file("a", mode)]).unwrap();
+            assert_eq!(payload.get(Path::new("a")).unwrap().mode, written, "{mode:o}");
         }
     }
 

@@ -5,11 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
+use serde::de::MapAccess;
 
 use super::NAME;
 use crate::limits;
 use crate::pod::PodInfo;
-use crate::provider::{ProviderError, parse_go_bool, yaml};
+use crate::provider::yaml::{self, FoldedFields};
+use crate::provider::{ProviderError, parse_go_bool};
 
 /// The parameters this provider reads, which only the class may set (see
 /// [`crate::provider::Provider::class_parameters`]).
@@ -222,21 +224,58 @@ impl ReadRequest {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct RawObject {
     object_name: Option<String>,
     secret_path: Option<String>,
-    #[serde(default)]
     secret_key: Option<String>,
-    #[serde(default)]
     method: Option<String>,
-    #[serde(default)]
     secret_args: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
     encoding: Option<String>,
-    #[serde(default)]
     file_permission: Option<String>,
+    /// Keys vault-csi-provider would ignore too; the first few are logged.
+    unknown: Vec<String>,
+}
+
+/// Unknown keys of one object named in the warning.
+const LOGGED_UNKNOWN_KEYS: usize = 8;
+
+impl FoldedFields for RawObject {
+    const FIELDS: &'static [&'static str] = &[
+        "objectName",
+        "secretPath",
+        "secretKey",
+        "method",
+        "secretArgs",
+        "encoding",
+        "filePermission",
+    ];
+    const EXPECTING: &'static str = "an objects entry";
+    const IGNORE_CASE: bool = false;
+    fn set<'de, A: MapAccess<'de>>(&mut self, field: usize, map: &mut A) -> Result<(), A::Error> {
+        match field {
+            0 => self.object_name = map.next_value()?,
+            1 => self.secret_path = map.next_value()?,
+            2 => self.secret_key = map.next_value()?,
+            3 => self.method = map.next_value()?,
+            4 => self.secret_args = map.next_value()?,
+            5 => self.encoding = map.next_value()?,
+            _ => self.file_permission = map.next_value()?,
+        }
+        Ok(())
+    }
+    fn unknown(&mut self, key: String) {
+        if self.unknown.len() < LOGGED_UNKNOWN_KEYS {
+            let shown: String = key.chars().take(64).collect();
+            self.unknown.push(shown);
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        yaml::deserialize_folded(deserializer)
+    }
 }
 
 fn invalid(message: String) -> ProviderError {
@@ -390,6 +429,15 @@ fn parse_object(index: usize, raw: RawObject) -> Result<ObjectConfig, ProviderEr
         .filter(|n| !n.is_empty())
         .ok_or_else(|| invalid(format!("objects[{index}]: objectName is required")))?;
     let field = |field: &str, why: String| invalid(format!("object {name:?}: {field}: {why}"));
+    if !raw.unknown.is_empty() {
+        // vault-csi-provider ignores them too; a misspelt secretKey shows up here.
+        tracing::warn!(
+            object = %name,
+            keys = %raw.unknown.join(", "),
+            "ignoring unknown keys of a Vault object; the known ones are objectName, secretPath, \
+             secretKey, method, secretArgs, encoding and filePermission"
+        );
+    }
     limits::check_file_path(&name)
         .map_err(|why| invalid(format!("objects[{index}]: objectName {name:?}: {why}")))?;
 
@@ -470,29 +518,34 @@ fn parse_object(index: usize, raw: RawObject) -> Result<ObjectConfig, ProviderEr
 }
 
 /// `secret/foo`, `/secret/foo`, `v1/secret/foo` and `/v1/secret/foo` all become
-/// `/v1/secret/foo`.
+/// `/v1/secret/foo`; empty segments and a trailing `/` are dropped and the rest is
+/// percent-encoded as Go's `net/url` encodes a path, so `secret/my app` and `secret/50%` read
+/// what vault-csi-provider reads.
 fn normalize_path(path: &str) -> Result<String, String> {
     let trimmed = path.trim_start_matches('/');
     let rest = trimmed.strip_prefix("v1/").unwrap_or(trimmed);
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() {
+    let segments: Vec<&str> = rest.split('/').filter(|part| !part.is_empty()).collect();
+    if segments.is_empty() {
         return Err(format!("{path:?} names no secret"));
     }
-    if rest
-        .split('/')
-        .any(|part| part.is_empty() || part == "." || part == "..")
-    {
-        return Err(format!("{path:?} has an empty, '.' or '..' segment"));
-    }
-    if rest
-        .bytes()
-        .any(|b| b.is_ascii_control() || b == b' ' || b == b'#' || b == b'%')
-    {
+    if segments.iter().any(|part| *part == "." || *part == "..") {
         return Err(format!(
-            "{path:?} contains a space, '#', '%' or a control character"
+            "{path:?} has a '.' or '..' segment; name the secret's path as it is"
         ));
     }
-    Ok(format!("/v1/{rest}"))
+    let mut out = String::with_capacity(rest.len() + 4);
+    out.push_str("/v1");
+    for segment in segments {
+        out.push('/');
+        for byte in segment.bytes() {
+            if byte.is_ascii_alphanumeric() || b"-_.~$&+,:;=@".contains(&byte) {
+                out.push(char::from(byte));
+            } else {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn check_query(query: &str) -> Result<(), String> {
@@ -534,7 +587,7 @@ fn check_escapes(text: &str) -> Result<(), String> {
 }
 
 /// A YAML integer file mode as upstream decodes it: `0600` and `0o600` are octal, `420` is
-/// decimal (0644).
+/// decimal (0644); bits above 0777 are dropped.
 fn parse_yaml_mode(text: &str) -> Result<u32, String> {
     let parsed = if let Some(octal) = text.strip_prefix("0o") {
         u32::from_str_radix(octal, 8)
@@ -544,7 +597,9 @@ fn parse_yaml_mode(text: &str) -> Result<u32, String> {
         text.parse::<u32>()
     };
     match parsed {
-        Ok(mode) if mode <= 0o777 => Ok(mode),
+        // Only permission bits are written, as upstream's writer does with what
+        // vault-csi-provider passes on.
+        Ok(mode) => Ok(mode & 0o777),
         _ => Err(format!(
             "{text:?} is not a file mode; write it in octal with a leading zero, e.g. 0600"
         )),
@@ -642,6 +697,29 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_encoded_and_unknown_keys_skipped_as_vault_csi_provider_does() {
+        let config = parse(
+            &params(&[
+                ("roleName", "app"),
+                (
+                    "objects",
+                    "- objectName: a\n  secretPath: secret//data/my app/50%#1/\n  secretkey: typo\n  \
+                     objectAlias: ignored\n- objectName: b\n  secretPath: v1/kv/ok-_.~$&+,:;=@\n  \
+                     filePermission: 01640\n",
+                ),
+            ]),
+            &PodInfo::default(),
+            &Defaults::default(),
+        )
+        .unwrap();
+        let (a, b) = (&config.objects[0], &config.objects[1]);
+        assert_eq!(a.request.path, "/v1/secret/data/my%20app/50%25%231");
+        assert_eq!(a.secret_key, None, "keys match exactly, as in yaml.v3");
+        assert_eq!(b.request.path, "/v1/kv/ok-_.~$&+,:;=@");
+        assert_eq!(b.mode, Some(0o640), "bits above 0777 are dropped");
+    }
+
+    #[test]
     fn every_malformed_field_is_named() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[], "no secrets configured"),
@@ -713,13 +791,6 @@ mod tests {
                     "- objectName: a\n  secretPath: secret/x\n  secretArgs: [1]\n",
                 )],
                 "objects is not a YAML list",
-            ),
-            (
-                &[(
-                    "objects",
-                    "- objectName: a\n  secretPath: secret/x\n  secretkey: typo\n",
-                )],
-                "unknown field",
             ),
             (
                 &[(

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod gojson;
 pub mod read;
 
 use std::collections::{BTreeMap, BTreeSet};

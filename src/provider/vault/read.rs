@@ -1,13 +1,14 @@
 //! From a Vault response to file contents: `secretKey` (descending into KV v2's `data.data`),
 //! raw strings versus JSON values, `encoding`, or the whole response envelope.
 
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 use bytes::Bytes;
-use serde::Deserialize;
 use serde::de::{Deserializer as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::NAME;
+use super::{NAME, gojson};
 use super::client::Reply;
 use super::config::{Encoding, ObjectConfig};
 use crate::provider::ProviderError;
@@ -152,24 +153,22 @@ impl Response {
 }
 
 /// The top level of a Vault answer, borrowing each field's JSON text.
-#[derive(Deserialize)]
-struct Top<'a> {
-    #[serde(borrow, default)]
-    request_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    lease_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    lease_duration: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    renewable: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    warnings: Option<&'a RawValue>,
-}
+type Top<'a> = BTreeMap<String, &'a RawValue>;
 
 fn top(body: &[u8]) -> Result<Top<'_>, ReadFailure> {
     serde_json::from_slice(body).map_err(|_| ReadFailure::Malformed)
+}
+
+/// The secret's data as Vault's Go client finds it: the envelope's `data`, or, when the
+/// answer is no envelope at all (every envelope field absent or zero), the whole answer.
+fn data<'a>(top: &Top<'a>, body: &'a [u8]) -> Option<&'a RawValue> {
+    if gojson::is_zero(gojson::SECRET, top) {
+        let only_errors = top.keys().all(|k| k == "errors");
+        return (!only_errors)
+            .then(|| serde_json::from_slice(body).ok())
+            .flatten();
+    }
+    top.get("data").copied().filter(|d| d.get() != "null")
 }
 
 /// Classifies an HTTP answer; `Ok` holds the answer. Vault's error list is only extracted
@@ -190,15 +189,15 @@ pub fn classify(reply: Reply) -> Result<Response, ReadFailure> {
         return Err(ReadFailure::Empty(String::new()));
     }
     let parsed = top(body.expose())?;
-    if parsed.data.is_none_or(|d| d.get() == "null") {
+    if data(&parsed, body.expose()).is_none() {
         let warnings: Vec<String> = parsed
-            .warnings
+            .get("warnings")
             .and_then(|w| serde_json::from_str(w.get()).ok())
             .unwrap_or_default();
         return Err(ReadFailure::Empty(bounded_join(&warnings)));
     }
     let leased = parsed
-        .lease_id
+        .get("lease_id")
         .and_then(|id| {
             serde_json::from_str::<Option<String>>(id.get())
                 .ok()
@@ -236,32 +235,34 @@ pub fn contents(object: &ObjectConfig, response: &Response) -> Result<Vec<u8>, P
         ),
         source: None,
     };
-    let parsed = top(response.body.expose()).map_err(|_| malformed())?;
+    let too_deep = || ProviderError::Backend {
+        provider: NAME.to_owned(),
+        message: format!(
+            "couldn't read secret {:?}: the answer for {} nests JSON more than {} levels deep",
+            object.name,
+            object.request.path_and_query(),
+            crate::limits::MAX_DOCUMENT_DEPTH
+        ),
+        source: None,
+    };
+    let unencodable = |why| match why {
+        gojson::Unencodable::TooDeep => too_deep(),
+        gojson::Unencodable::Invalid => malformed(),
+    };
+    let body = response.body.expose();
+    let parsed = top(body).map_err(|_| malformed())?;
+    let data = data(&parsed, body).ok_or_else(malformed)?;
     let Some(key) = &object.secret_key else {
-        // The envelope upstream writes when `secretKey` is empty, in its field order.
+        // The envelope upstream writes when `secretKey` is empty: api.Secret re-encoded.
         let mut out = Vec::with_capacity(response.len());
-        for (i, (name, value)) in [
-            ("request_id", parsed.request_id),
-            ("lease_id", parsed.lease_id),
-            ("lease_duration", parsed.lease_duration),
-            ("renewable", parsed.renewable),
-            ("data", parsed.data),
-            ("warnings", parsed.warnings),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            out.push(if i == 0 { b'{' } else { b',' });
-            out.extend_from_slice(format!("\"{name}\":").as_bytes());
-            match value {
-                Some(raw) => minify(raw.get(), &mut out),
-                None => out.extend_from_slice(b"null"),
-            }
-        }
-        out.push(b'}');
+        let envelope = if gojson::is_zero(gojson::SECRET, &parsed) {
+            BTreeMap::from([("data".to_owned(), data)])
+        } else {
+            parsed
+        };
+        gojson::encode_struct(gojson::SECRET, &envelope, &mut out).map_err(unencodable)?;
         return Ok(out);
     };
-    let data = parsed.data.ok_or_else(malformed)?;
     // KV v2 nests the secret under data.data.
     let data = match find(data, "data") {
         Some(Found {
@@ -286,7 +287,7 @@ pub fn contents(object: &ObjectConfig, response: &Response) -> Result<Vec<u8>, P
             .into_bytes()
     } else {
         let mut out = Vec::with_capacity(value.get().len());
-        minify(value.get(), &mut out);
+        gojson::encode(value, &mut out).map_err(unencodable)?;
         out
     };
     decode(object, key, raw)
@@ -327,27 +328,6 @@ fn find<'a>(object: &'a RawValue, key: &str) -> Option<Found<'a>> {
     }
     let mut deserializer = serde_json::Deserializer::from_str(object.get());
     deserializer.deserialize_map(Lookup(key)).ok()
-}
-
-/// Appends `json` without the whitespace between tokens: Vault's own compact form, so files
-/// hold the JSON as Vault encoded it (key order, numbers and escapes kept).
-fn minify(json: &str, out: &mut Vec<u8>) {
-    let (mut in_string, mut escaped) = (false, false);
-    for byte in json.bytes() {
-        if in_string {
-            out.push(byte);
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-        } else if !matches!(byte, b' ' | b'\n' | b'\r' | b'\t') {
-            in_string = byte == b'"';
-            out.push(byte);
-        }
-    }
 }
 
 fn decode(object: &ObjectConfig, key: &str, raw: Vec<u8>) -> Result<Vec<u8>, ProviderError> {
@@ -456,14 +436,28 @@ mod tests {
 
     #[test]
     fn without_a_key_the_whole_envelope_is_written_in_upstream_order() {
-        let response = response(
+        let envelope = response(
             r#"{"request_id": "r", "lease_id": "", "lease_duration": 0, "renewable": false,
                 "data": {"k": "v w", "n": 1.50}, "warnings": null, "auth": null, "mount_type": "kv"}"#,
         );
         assert_eq!(
-            text(&object(None, Encoding::Base64), &response),
-            r#"{"request_id":"r","lease_id":"","lease_duration":0,"renewable":false,"data":{"k":"v w","n":1.50},"warnings":null}"#
+            text(&object(None, Encoding::Base64), &envelope),
+            r#"{"request_id":"r","lease_id":"","lease_duration":0,"renewable":false,"data":{"k":"v w","n":1.50},"warnings":null,"mount_type":"kv"}"#
         );
+        // An answer that is no envelope is the data itself, as Vault's client takes it.
+        let raw = response(r#"{"initialized": true, "sealed": false}"#);
+        assert_eq!(
+            text(&object(Some("sealed"), Encoding::Utf8), &raw),
+            "false"
+        );
+        assert_eq!(
+            text(&object(None, Encoding::Utf8), &raw),
+            r#"{"request_id":"","lease_id":"","lease_duration":0,"renewable":false,"data":{"initialized":true,"sealed":false},"warnings":null}"#
+        );
+        assert!(matches!(
+            classify(reply(200, br#"{"errors": []}"#)),
+            Err(ReadFailure::Empty(_))
+        ));
     }
 
     #[test]
@@ -498,12 +492,16 @@ mod tests {
 
     #[test]
     fn deep_or_huge_answers_build_nothing_their_size() {
-        // Nesting costs no stack: values are skipped over and copied as text, never parsed
-        // into a tree.
+        // Nesting costs no stack: values are skipped over as text, and re-encoding them as
+        // Go does stops at the document depth bound.
         let nested = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
-        let deep = format!(r#"{{"data": {{"k": {nested}}}}}"#);
+        let deep = format!(r#"{{"data": {{"k": {nested}, "s": "v"}}}}"#);
         let deep = response(&deep);
-        assert_eq!(text(&object(Some("k"), Encoding::Utf8), &deep), nested);
+        assert_eq!(text(&object(Some("s"), Encoding::Utf8), &deep), "v");
+        for key in [Some("k"), None] {
+            let err = contents(&object(key, Encoding::Utf8), &deep).unwrap_err();
+            assert!(err.to_string().contains("levels deep"), "{err}");
+        }
         // A wide object is looked through, not collected: only the key asked for is kept.
         let wide: String = (0..100_000).map(|i| format!(r#""k{i}":{i},"#)).collect();
         let body = format!(r#"{{"data": {{{wide}"want": "v"}}}}"#);
