@@ -23,6 +23,9 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// klog flags of upstream manifests that were accepted and dropped, to be logged.
+    #[arg(skip)]
+    pub ignored_klog_flags: Vec<String>,
 }
 
 /// The driver's modes.
@@ -376,7 +379,68 @@ pub struct UnmountArgs {
 /// Parses the process arguments; flags without a subcommand (the upstream DaemonSet's form)
 /// run `node`.
 pub fn parse() -> Cli {
-    Cli::parse_from(with_default_command(std::env::args_os().collect()))
+    let (args, ignored) = without_klog_flags(std::env::args_os().collect());
+    let mut cli = Cli::parse_from(with_default_command(args));
+    cli.ignored_klog_flags = ignored;
+    cli
+}
+
+/// klog's boolean flags (`klog.InitFlags`), which upstream's binaries all accept.
+const KLOG_BOOL_FLAGS: &[&str] = &[
+    "logtostderr",
+    "alsologtostderr",
+    "add_dir_header",
+    "skip_headers",
+    "skip_log_headers",
+    "one_output",
+];
+
+/// klog's flags that take a value.
+const KLOG_VALUE_FLAGS: &[&str] = &[
+    "log_dir",
+    "log_file",
+    "log_file_max_size",
+    "stderrthreshold",
+    "vmodule",
+    "log_backtrace_at",
+];
+
+/// Drops klog's flags (`-logtostderr`, `--vmodule=x=2`, `-log_file /f`, ...), so a DaemonSet
+/// written for upstream starts; `-v` stays, since it sets this driver's verbosity. Returns the
+/// remaining arguments and the dropped ones. Logs always go to stderr here.
+fn without_klog_flags(args: Vec<std::ffi::OsString>) -> (Vec<std::ffi::OsString>, Vec<String>) {
+    let mut kept = Vec::with_capacity(args.len());
+    let mut ignored = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let Some(text) = arg.to_str() else {
+            kept.push(arg);
+            continue;
+        };
+        if text == "--" {
+            kept.push(arg);
+            kept.extend(args.by_ref());
+            break;
+        }
+        let name = text.strip_prefix("--").or_else(|| text.strip_prefix('-'));
+        let (name, has_value) = match name.map(|n| n.split_once('=')) {
+            Some(Some((name, _))) => (name, true),
+            Some(None) => (name.unwrap_or_default(), false),
+            None => ("", false),
+        };
+        if KLOG_BOOL_FLAGS.contains(&name) {
+            ignored.push(text.to_owned());
+        } else if KLOG_VALUE_FLAGS.contains(&name) {
+            let mut dropped = text.to_owned();
+            if !has_value && let Some(value) = args.next() {
+                dropped = format!("{dropped} {}", value.to_string_lossy());
+            }
+            ignored.push(dropped);
+        } else {
+            kept.push(arg);
+        }
+    }
+    (kept, ignored)
 }
 
 fn with_default_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
@@ -489,6 +553,40 @@ mod tests {
         };
         assert_eq!(node.endpoint, "unix:///x.sock");
         assert!(node.enable_secret_rotation);
+    }
+
+    #[test]
+    fn upstream_klog_flags_are_dropped_and_v_kept() {
+        let args = [
+            "driver",
+            "-endpoint=unix:///x.sock",
+            "-logtostderr",
+            "--alsologtostderr=true",
+            "-vmodule",
+            "grpc=4",
+            "--log_file=/var/log/x",
+            "-stderrthreshold=INFO",
+            "-v=5",
+            "-nodeid=n",
+        ]
+        .map(std::ffi::OsString::from);
+        let (kept, ignored) = without_klog_flags(args.to_vec());
+        assert_eq!(
+            ignored,
+            [
+                "-logtostderr",
+                "--alsologtostderr=true",
+                "-vmodule grpc=4",
+                "--log_file=/var/log/x",
+                "-stderrthreshold=INFO"
+            ]
+        );
+        let cli = Cli::try_parse_from(with_default_command(kept)).unwrap();
+        assert_eq!(cli.log.verbosity, 5);
+        let Some(Command::Node(node)) = cli.command else {
+            panic!("not node")
+        };
+        assert_eq!(node.nodeid, "n");
     }
 
     #[test]

@@ -11,6 +11,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     telemetry::init(cli.log.log_format_json, cli.log.verbosity);
+    if !cli.ignored_klog_flags.is_empty() {
+        tracing::warn!(
+            flags = %cli.ignored_klog_flags.join(" "),
+            "ignoring klog flags of the upstream driver; logs go to stderr, -v sets verbosity"
+        );
+    }
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

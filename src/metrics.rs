@@ -126,6 +126,7 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::default();
+        registry.register_collector(Box::new(ProcessCollector));
         let node_publish = Family::default();
         let node_publish_error = Family::default();
         let node_unpublish = Family::default();
@@ -325,6 +326,121 @@ impl Metrics {
     }
 }
 
+/// The `process_*` metrics every Go binary of upstream exposes (client_golang's process
+/// collector), read from `/proc/self` at each scrape, so memory and CPU dashboards keep working.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// What `/proc/self` tells at one scrape.
+#[derive(Debug, Default, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: f64,
+    start_time_seconds: f64,
+    virtual_memory_bytes: u64,
+    resident_memory_bytes: u64,
+    open_fds: u64,
+    max_fds: Option<u64>,
+}
+
+impl ProcessStats {
+    fn read() -> Option<Self> {
+        use nix::unistd::{SysconfVar, sysconf};
+        let tick = sysconf(SysconfVar::CLK_TCK).ok().flatten()? as f64;
+        let page = sysconf(SysconfVar::PAGE_SIZE).ok().flatten()? as u64;
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let boot = std::fs::read_to_string("/proc/stat").ok()?;
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+        Self::parse(&stat, &boot, &limits, tick, page, open_fds)
+    }
+
+    fn parse(
+        stat: &str,
+        boot: &str,
+        limits: &str,
+        tick: f64,
+        page: u64,
+        open_fds: u64,
+    ) -> Option<Self> {
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+        let boot_time = boot
+            .lines()
+            .find_map(|line| line.strip_prefix("btime "))?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        let max_fds = limits
+            .lines()
+            .find(|line| line.starts_with("Max open files"))
+            .and_then(|line| line.split_whitespace().nth(3)?.parse().ok());
+        Some(Self {
+            cpu_seconds: (field(14)? + field(15)?) as f64 / tick,
+            start_time_seconds: boot_time as f64 + field(22)? as f64 / tick,
+            virtual_memory_bytes: field(23)?,
+            resident_memory_bytes: field(24)?.saturating_mul(page),
+            open_fds,
+            max_fds,
+        })
+    }
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some(stats) = ProcessStats::read() else {
+            return Ok(());
+        };
+        let cpu = ConstCounter::new(stats.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        let mut gauges = vec![
+            (
+                "process_open_fds",
+                "Number of open file descriptors.",
+                stats.open_fds as f64,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                stats.resident_memory_bytes as f64,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                stats.virtual_memory_bytes as f64,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                stats.start_time_seconds,
+            ),
+        ];
+        if let Some(max) = stats.max_fds {
+            gauges.push((
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                max as f64,
+            ));
+        }
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Parses a Go-style listen address: `:8095` means every interface.
 pub fn parse_addr(addr: &str) -> Result<SocketAddr, std::net::AddrParseError> {
     match addr.strip_prefix(':') {
@@ -379,6 +495,43 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_fresh_driver_exposes_process_metrics_as_go_binaries_do() {
+        let text = Metrics::new().encode();
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_virtual_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(&format!("\n{name}")), "missing {name} in\n{text}");
+        }
+        let resident = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap();
+        assert!(resident > 1e6, "{resident}");
+
+        let stat = "42 (a) b) c) S 1 42 42 0 -1 4194560 1 0 0 0 250 50 0 0 20 0 9 0 1000 \
+                    123456 789 18446744073709551615";
+        let limits = "Limit Soft Limit Hard Limit Units\nMax open files 1024 4096 files\n";
+        let stats = ProcessStats::parse(stat, "cpu 1\nbtime 1700000000\n", limits, 100.0, 4096, 7);
+        assert_eq!(
+            stats,
+            Some(ProcessStats {
+                cpu_seconds: 3.0,
+                start_time_seconds: 1_700_000_010.0,
+                virtual_memory_bytes: 123_456,
+                resident_memory_bytes: 789 * 4096,
+                open_fds: 7,
+                max_fds: Some(1024),
+            })
+        );
     }
 
     #[test]
