@@ -22,10 +22,11 @@ DEPLOY = ROOT / "deploy"
 RELEASE = "csi-secrets-store"
 NAMESPACE = "kube-system"
 
-# deploy/ is upstream's static install: sync RBAC included (apply it or not), the static
+# deploy/ is upstream's static install: its names (DaemonSet csi-secrets-store), sync RBAC included (apply it or not), the static
 # manifests' pod label, fields every supported Kubernetes (1.30+) accepts, and no Helm
 # bookkeeping labels.
 DEPLOY_VALUES = {
+    "fullnameOverride": RELEASE,
     "syncSecret": {"enabled": True},
     "linux": {"appLabel": "csi-secrets-store"},
     "serviceAccountTokenInSecrets": False,

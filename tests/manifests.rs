@@ -159,6 +159,9 @@ fn render(python: &Path, values: &Value) -> Vec<Value> {
     yaml_documents(&text)
 }
 
+/// The DaemonSet of release `csi-secrets-store`, named as upstream's chart names it.
+const CHART_DAEMONSET: &str = "csi-secrets-store-secrets-store-csi-driver";
+
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
@@ -225,10 +228,10 @@ fn the_chart_lints_and_renders_upstreams_defaults() {
     .unwrap();
     assert_eq!(binding["subjects"][0]["name"], "secrets-store-csi-driver");
     assert!(find(&docs, "ServiceAccount", "secrets-store-csi-driver").is_some());
-    let service = find(&docs, "Service", "csi-secrets-store-metrics").unwrap();
+    let service = find(&docs, "Service", &format!("{CHART_DAEMONSET}-metrics")).unwrap();
     assert_eq!(service["spec"]["ports"][0]["port"], 8095);
 
-    let ds = find(&docs, "DaemonSet", "csi-secrets-store").unwrap();
+    let ds = find(&docs, "DaemonSet", CHART_DAEMONSET).unwrap();
     let names: Vec<&str> = ds["spec"]["template"]["spec"]["containers"]
         .as_array()
         .unwrap()
@@ -314,6 +317,39 @@ fn the_chart_lints_and_renders_upstreams_defaults() {
 }
 
 #[test]
+fn names_and_provider_mounts_follow_upstreams_chart() {
+    let Some(python) = helm_python() else { return };
+    let docs = render(&python, &json!({"fullnameOverride": "sscsi"}));
+    assert!(find(&docs, "DaemonSet", "sscsi").is_some());
+    assert!(find(&docs, "Service", "sscsi-metrics").is_some());
+    let docs = render(
+        &python,
+        &json!({"linux": {"additionalProvidersDirs": [
+            "/var/run/secrets-store-csi-providers", "/etc/p", "/etc/p", "/etc/q"
+        ]}}),
+    );
+    let ds = find(&docs, "DaemonSet", CHART_DAEMONSET).unwrap();
+    let mounts: Vec<&str> = container(ds, "secrets-store")["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"].as_str().unwrap().starts_with("providers-dir"))
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mounts,
+        ["/var/run/secrets-store-csi-providers", "/etc/p", "/etc/q"],
+        "each directory is mounted once"
+    );
+    let volumes = ds["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    let provider_volumes = volumes
+        .iter()
+        .filter(|v| v["name"].as_str().unwrap().starts_with("providers-dir"))
+        .count();
+    assert_eq!(provider_volumes, 3);
+}
+
+#[test]
 fn chart_values_reach_the_csidriver_rbac_and_driver_flags() {
     let Some(python) = helm_python() else { return };
     let docs = render(
@@ -367,7 +403,7 @@ fn chart_values_reach_the_csidriver_rbac_and_driver_flags() {
         )
         .is_some()
     );
-    let ds = find(&docs, "DaemonSet", "csi-secrets-store").unwrap();
+    let ds = find(&docs, "DaemonSet", CHART_DAEMONSET).unwrap();
     let store = container(ds, "secrets-store");
     let store_args = args(store);
     for expected in [
@@ -437,7 +473,7 @@ fn chart_values_reach_the_csidriver_rbac_and_driver_flags() {
         &python,
         &json!({"vault": {"enabled": false}, "aws": {"enabled": false}}),
     );
-    let ds = find(&docs, "DaemonSet", "csi-secrets-store").unwrap();
+    let ds = find(&docs, "DaemonSet", CHART_DAEMONSET).unwrap();
     let store_args = args(container(ds, "secrets-store"));
     assert!(store_args.contains(&"--builtin-providers=".to_owned()));
     assert!(
@@ -503,7 +539,7 @@ fn deploy_is_the_charts_render_and_parses() {
     assert!(ok, "{text}");
     // Images, arguments and RBAC rules agree with the chart's defaults.
     let chart = render(&python, &json!({}));
-    let chart_ds = find(&chart, "DaemonSet", "csi-secrets-store").unwrap();
+    let chart_ds = find(&chart, "DaemonSet", CHART_DAEMONSET).unwrap();
     for name in ["node-driver-registrar", "secrets-store", "liveness-probe"] {
         assert_eq!(
             container(ds, name)["image"],

@@ -3,9 +3,31 @@
 {{- default "secrets-store-csi-driver" .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Name of the DaemonSet and Service: the release name unless overridden. */}}
+{{/* Name of the DaemonSet and Service, as upstream's chart names them so that `helm upgrade`
+     over an upstream release keeps its DaemonSet: the release name when it contains the
+     chart's name, else `<release>-<name>`. */}}
 {{- define "sscsi.fullname" -}}
-{{- default .Release.Name .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "sscsi.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* additionalProvidersDirs without repeats and without providersDir, each mounted once. */}}
+{{- define "sscsi.additionalProvidersDirs" -}}
+{{- $dirs := list -}}
+{{- range .Values.linux.additionalProvidersDirs -}}
+{{- if and (ne . $.Values.linux.providersDir) (not (has . $dirs)) -}}
+{{- $dirs = append $dirs . -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $dirs -}}
 {{- end -}}
 
 {{/* Labels on every object. */}}
