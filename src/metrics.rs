@@ -508,7 +508,10 @@ mod tests {
             "process_max_fds ",
             "process_start_time_seconds ",
         ] {
-            assert!(text.contains(&format!("\n{name}")), "missing {name} in\n{text}");
+            assert!(
+                text.contains(&format!("\n{name}")),
+                "missing {name} in\n{text}"
+            );
         }
         let resident = text
             .lines()

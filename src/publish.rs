@@ -579,6 +579,7 @@ async fn fetch_and_write(
         secrets: request.secrets.clone(),
         target_path: request.target_path.clone(),
         default_mode: DEFAULT_FILE_MODE,
+        fresh_since: (!current_versions.is_empty()).then_some(started),
         current_versions,
         mounted: mounted_files(&request.target_path),
         timeout,

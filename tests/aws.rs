@@ -485,11 +485,8 @@ async fn rotation_rereads_only_what_can_change_and_backs_off_when_throttled() {
     let driver = driver(
         &api,
         &moto,
-        &[
-            "--enable-secret-rotation",
-            "--rotation-poll-interval=1s",
-            "--aws-read-cache-ttl=0s",
-        ],
+        // The default read sharing stays on: a rotation takes no read older than itself.
+        &["--enable-secret-rotation", "--rotation-poll-interval=1s"],
     )
     .await;
     let app = pod(&api, "web-1", "app-sa");

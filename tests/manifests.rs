@@ -341,7 +341,9 @@ fn names_and_provider_mounts_follow_upstreams_chart() {
         ["/var/run/secrets-store-csi-providers", "/etc/p", "/etc/q"],
         "each directory is mounted once"
     );
-    let volumes = ds["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    let volumes = ds["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
     let provider_volumes = volumes
         .iter()
         .filter(|v| v["name"].as_str().unwrap().starts_with("providers-dir"))

@@ -76,6 +76,9 @@ pub struct MountRequest {
     pub mounted: MountedFiles,
     /// Time left before the caller gives up.
     pub timeout: Option<Duration>,
+    /// Set on a rotation to when it began: a built-in provider shares no backend read that
+    /// started earlier, so the rotation interval alone bounds how late a change arrives.
+    pub fresh_since: Option<std::time::Instant>,
     /// Bytes the answer may hold, and a built-in provider may read from its backend.
     pub max_bytes: usize,
 }

@@ -147,6 +147,8 @@ fn from_wire(
         }),
         target_path: PathBuf::from(request.target_path),
         default_mode,
+        // A driver sends the mounted versions on a rotation.
+        fresh_since: (!request.current_object_version.is_empty()).then(std::time::Instant::now),
         current_versions: request
             .current_object_version
             .into_iter()

@@ -17,6 +17,8 @@ type Slot<V> = Arc<tokio::sync::Mutex<Option<Cached<V>>>>;
 
 struct Cached<V> {
     value: V,
+    /// When the fetch that produced it began: the backend's state it reflects is no older.
+    fetched_at: Instant,
     fresh_until: Instant,
     weight: usize,
 }
@@ -72,20 +74,41 @@ impl<K: Eq + Hash + Clone, V: Clone> SharedCache<K, V> {
         F: FnOnce(Option<V>) -> Fut,
         Fut: Future<Output = Result<(V, Duration), E>>,
     {
+        self.get_or_fetch_since(key, None, fetch).await
+    }
+
+    /// [`SharedCache::get_or_fetch`], taking a fresh value only if its fetch began at or
+    /// after `since`: a rotation shares reads that started after it did, never older ones, so
+    /// a value changed before the rotation is always seen.
+    pub async fn get_or_fetch_since<F, Fut, E>(
+        &self,
+        key: &K,
+        since: Option<Instant>,
+        fetch: F,
+    ) -> Result<(V, bool), E>
+    where
+        F: FnOnce(Option<V>) -> Fut,
+        Fut: Future<Output = Result<(V, Duration), E>>,
+    {
         let slot = self.slot(key);
         let mut cached = slot.lock().await;
-        if let Some(entry) = cached.as_ref().filter(|e| e.fresh_until > Instant::now()) {
+        let usable = |e: &&Cached<V>| {
+            e.fresh_until > Instant::now() && since.is_none_or(|since| e.fetched_at >= since)
+        };
+        if let Some(entry) = cached.as_ref().filter(usable) {
             return Ok((entry.value.clone(), false));
         }
         let stale = cached.take().map(|entry| {
             self.weight.fetch_sub(entry.weight, Ordering::AcqRel);
             entry.value
         });
+        let fetched_at = Instant::now();
         let (value, fresh_for) = fetch(stale).await?;
         let weight = (self.weigh)(&value);
         if self.reserve(weight) {
             *cached = Some(Cached {
                 value: value.clone(),
+                fetched_at,
                 fresh_until: Instant::now() + fresh_for,
                 weight,
             });
@@ -257,6 +280,34 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((value, fetched), (5, true));
+    }
+
+    #[tokio::test]
+    async fn a_rotation_takes_only_reads_that_began_after_it() {
+        let cache = SharedCache::<&str, u32>::new(10);
+        let fetch = |v: u32| move |_| async move { Ok::<_, ()>((v, Duration::from_secs(60))) };
+        cache.get_or_fetch(&"k", fetch(1)).await.unwrap();
+        let rotation = Instant::now();
+        // A fresh value read before the rotation began is not taken...
+        assert_eq!(
+            cache
+                .get_or_fetch_since(&"k", Some(rotation), fetch(2))
+                .await
+                .unwrap(),
+            (2, true)
+        );
+        // ...one read after it is shared, with rotations and first mounts alike.
+        assert_eq!(
+            cache
+                .get_or_fetch_since(&"k", Some(rotation), fetch(3))
+                .await
+                .unwrap(),
+            (2, false)
+        );
+        assert_eq!(
+            cache.get_or_fetch(&"k", fetch(4)).await.unwrap(),
+            (2, false)
+        );
     }
 
     #[tokio::test]

@@ -208,7 +208,11 @@ mod tests {
     fn modes_keep_only_permission_bits_as_upstream() {
         for (mode, written) in [(u32::MAX, 0o777), (0o1644, 0o644), (0o4755, 0o755)] {
             let payload = validate(vec![file("a", mode)]).unwrap();
-            assert_eq!(payload.get(Path::new("a")).unwrap().mode, written, "{mode:o}");
+            assert_eq!(
+                payload.get(Path::new("a")).unwrap().mode,
+                written,
+                "{mode:o}"
+            );
         }
     }
 

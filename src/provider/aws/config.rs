@@ -661,8 +661,7 @@ mod tests {
             let message = untranslated(objects).unwrap_err();
             assert!(message.contains("path can not contain ../"), "{message}");
         }
-        let message =
-            error("- {objectName: x, objectname: y, objectType: secretsmanager}");
+        let message = error("- {objectName: x, objectname: y, objectType: secretsmanager}");
         assert!(message.contains("objectName is given twice"), "{message}");
     }
 

@@ -74,6 +74,8 @@ pub struct AwsProvider {
 /// One mount's view of AWS: who it reads as, and with which clients.
 struct Session<'a> {
     identity: &'a Identity,
+    /// Shared reads must have started at or after this (rotations).
+    fresh_since: Option<Instant>,
     primary: Clients,
     failover: Option<Clients>,
 }
@@ -219,7 +221,7 @@ impl AwsProvider {
     ) -> Vec<(Request, Result<Arc<Answers>, CallError>)> {
         futures::stream::iter(requests)
             .map(|request| async move {
-                let answer = self.send(session.identity, clients, &request).await;
+                let answer = self.send(session, clients, &request).await;
                 (request, answer)
             })
             .buffer_unordered(self.settings.concurrency.max(1))
@@ -230,7 +232,7 @@ impl AwsProvider {
     /// One request, shared with concurrent and recent mounts of the same identity.
     async fn send(
         &self,
-        identity: &Identity,
+        session: &Session<'_>,
         clients: &Clients,
         request: &Request,
     ) -> Result<Arc<Answers>, CallError> {
@@ -238,9 +240,13 @@ impl AwsProvider {
         if ttl.is_zero() {
             return clients.send(request).await.map(Arc::new);
         }
-        let key = (identity.clone(), clients.region.clone(), request.clone());
+        let key = (
+            session.identity.clone(),
+            clients.region.clone(),
+            request.clone(),
+        );
         self.reads
-            .get_or_fetch(&key, |_| async {
+            .get_or_fetch_since(&key, session.fresh_since, |_| async {
                 let answers = clients.send(request).await?;
                 // Failures are not shared: the next pod asks again.
                 let fresh_for = if answers.values().all(Result::is_ok) {
@@ -278,6 +284,7 @@ impl Provider for AwsProvider {
         };
         let session = Session {
             identity,
+            fresh_since: request.fresh_since,
             primary: self.clients(&signer, &config.region).await,
             failover: failover_clients,
         };

@@ -76,6 +76,8 @@ struct Login<'a> {
     deadline: Instant,
     /// What this mount may still read from Vault.
     budget: &'a ByteBudget,
+    /// Shared reads must have started at or after this (rotations).
+    fresh_since: Option<Instant>,
 }
 
 impl VaultProvider {
@@ -103,7 +105,7 @@ impl VaultProvider {
         let key = (login.identity.clone(), request.clone());
         let ttl = self.settings.read_cache_ttl;
         self.reads
-            .get_or_fetch(&key, |_| async {
+            .get_or_fetch_since(&key, login.fresh_since, |_| async {
                 let response = self.send_read(login, request).await?;
                 let fresh_for = if response.leased { Duration::ZERO } else { ttl };
                 Ok((response, fresh_for))
@@ -191,6 +193,7 @@ impl Provider for VaultProvider {
             fresh,
             deadline,
             budget: &budget,
+            fresh_since: request.fresh_since,
         };
         let login = &login;
         let results: BTreeMap<ReadRequest, Fetched> = futures::stream::iter(distinct)

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use serde::de::{Deserializer as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{NAME, gojson};
 use super::client::Reply;
 use super::config::{Encoding, ObjectConfig};
+use super::{NAME, gojson};
 use crate::provider::ProviderError;
 use crate::redact::Secret;
 
@@ -446,10 +446,7 @@ mod tests {
         );
         // An answer that is no envelope is the data itself, as Vault's client takes it.
         let raw = response(r#"{"initialized": true, "sealed": false}"#);
-        assert_eq!(
-            text(&object(Some("sealed"), Encoding::Utf8), &raw),
-            "false"
-        );
+        assert_eq!(text(&object(Some("sealed"), Encoding::Utf8), &raw), "false");
         assert_eq!(
             text(&object(None, Encoding::Utf8), &raw),
             r#"{"request_id":"","lease_id":"","lease_duration":0,"renewable":false,"data":{"initialized":true,"sealed":false},"warnings":null}"#
