@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde_json::{Value, json};
 use support::moto::{self, Fault, Moto};
 use support::{ApiServer, Driver, Pod, TestApi, files, mounts_under, read_tree, unpublish};
@@ -937,5 +938,78 @@ fn the_readme_shows_the_tested_aws_examples_verbatim() {
             readme.contains(&format!("```yaml\n{text}```")),
             "README.md must show examples/{example} verbatim"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_class_ascp_was_run_with_gives_its_files() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    let corpus = support::upstream::section("aws");
+    let seed = &corpus["seed"];
+    let text = |v: &Value| v.as_str().unwrap().to_owned();
+    for entry in seed["secrets"].as_array().unwrap() {
+        moto.create_secret(REGION, &text(&entry[0]), &text(&entry[1]))
+            .await;
+    }
+    for entry in seed["secret_updates"].as_array().unwrap() {
+        moto.put_secret(REGION, &text(&entry[0]), &text(&entry[1]))
+            .await;
+    }
+    for entry in seed["binary_secrets"].as_array().unwrap() {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text(&entry[1]))
+            .unwrap();
+        moto.create_binary_secret(REGION, &text(&entry[0]), &bytes)
+            .await;
+    }
+    for entry in seed["parameters"].as_array().unwrap() {
+        moto.put_parameter(REGION, &text(&entry[0]), &text(&entry[1]), &text(&entry[2]))
+            .await;
+    }
+    for entry in seed["labels"].as_array().unwrap() {
+        moto.parameters(REGION)
+            .label_parameter_version()
+            .name(text(&entry[0]))
+            .parameter_version(entry[1].as_i64().unwrap())
+            .labels(text(&entry[2]))
+            .send()
+            .await
+            .unwrap();
+    }
+    service_account(&api, "app-sa", Some(ROLE));
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let socket = dir.path().join("aws.sock");
+    let log = dir.path().join("provider.log");
+    let args = [
+        format!("--aws-endpoint-url={}", moto.url),
+        format!("--kubeconfig={}", kubeconfig.display()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = support::upstream::serve("aws", &socket, &log, &args).await;
+    let app = pod(&api, "web-1", "app-sa");
+    let tokens = app.tokens(&api, &["sts.amazonaws.com"]);
+    let mismatches =
+        support::upstream::compare(&socket, &corpus, &app, &tokens, &BTreeMap::new()).await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} classes differ from {}:\n{}",
+        mismatches.len(),
+        corpus["cases"].as_object().unwrap().len(),
+        corpus["peer"],
+        mismatches.join("\n")
+    );
+    let logs = std::fs::read_to_string(&log).unwrap();
+    for value in ["plain-value", "param-value", "secure-value", "p<&>"] {
+        assert!(!logs.contains(value), "the provider logged {value}");
     }
 }

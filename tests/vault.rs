@@ -1167,3 +1167,86 @@ async fn database_credentials_are_read_once_per_mount_and_never_shared_between_p
     let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
     assert_no_leaks(&driver, &secret_refs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_class_vault_csi_provider_was_run_with_gives_its_files() {
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    let Some(bao) = OpenBao::start() else { return };
+    service_account(&api, "team", "app-sa");
+    let corpus = support::upstream::section("vault");
+    let seed = &corpus["seed"];
+    bao.bao(&[
+        "secrets",
+        "enable",
+        &format!("-path={}", seed["kv1_mount"].as_str().unwrap()),
+        "-version=1",
+        "kv",
+    ]);
+    for entry in seed["kv"].as_array().unwrap() {
+        let mut args = vec!["kv", "put", entry[0].as_str().unwrap()];
+        args.extend(
+            entry[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap()),
+        );
+        bao.bao(&args);
+    }
+    for (i, entry) in seed["json"].as_array().unwrap().iter().enumerate() {
+        let file = bao.dir.path().join(format!("seed{i}.json"));
+        std::fs::write(&file, entry[1].as_str().unwrap()).unwrap();
+        bao.bao(&[
+            "kv",
+            "put",
+            entry[0].as_str().unwrap(),
+            &format!("@{}", file.display()),
+        ]);
+    }
+    bao.policy(
+        "everything",
+        r#"path "*" { capabilities = ["read", "list", "update", "create"] }"#,
+    );
+    // The recording logged in with JWT auth at `jwt`, role `app`, audience `vault`.
+    bao.bao(&["auth", "enable", "jwt"]);
+    let key = bao.dir.path().join("sa.pub");
+    std::fs::write(&key, api.token_public_key_pem()).unwrap();
+    bao.bao(&[
+        "write",
+        "auth/jwt/config",
+        &format!("jwt_validation_pubkeys=@{}", key.display()),
+    ]);
+    bao.bao(&[
+        "write",
+        "auth/jwt/role/app",
+        "role_type=jwt",
+        "bound_audiences=vault",
+        "user_claim=sub",
+        "token_policies=everything",
+    ]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vault.sock");
+    let log = dir.path().join("provider.log");
+    let mut server = support::upstream::serve("vault", &socket, &log, &[]).await;
+    let app = pod(&api, "web-1", "app-sa");
+    let tokens = app.tokens(&api, &["vault"]);
+    let extra = BTreeMap::from([("vaultAddress", bao.addr.clone())]);
+    let mismatches = support::upstream::compare(&socket, &corpus, &app, &tokens, &extra).await;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} classes differ from {}:\n{}",
+        mismatches.len(),
+        corpus["cases"].as_object().unwrap().len(),
+        corpus["peer"],
+        mismatches.join("\n")
+    );
+    let logs = std::fs::read_to_string(&log).unwrap();
+    for value in ["p<a>&ss", "spaced", "v1value", "aGVsbG8="] {
+        assert!(!logs.contains(value), "the provider logged {value}");
+    }
+}
