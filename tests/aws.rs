@@ -614,10 +614,19 @@ async fn every_failure_has_its_code_and_message_and_leaves_nothing_behind() {
         ),
         (
             "traversal",
-            json!({"region": REGION, "objects": sm(", objectAlias: ../../etc/passwd")}),
+            json!({"region": REGION, "pathTranslation": "False",
+                   "objects": sm(", objectAlias: ../../etc/passwd")}),
             "app-sa",
             tonic::Code::InvalidArgument,
             "path can not contain ../",
+        ),
+        (
+            // Translated as ASCP translates it, the alias is a name the writer keeps for itself.
+            "translated-traversal",
+            json!({"region": REGION, "objects": sm(", objectAlias: ../../etc/passwd")}),
+            "app-sa",
+            tonic::Code::InvalidArgument,
+            "reserved for the writer",
         ),
         (
             "duplicate",
