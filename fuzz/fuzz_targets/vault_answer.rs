@@ -39,7 +39,9 @@ fuzz_target!(|input: &[u8]| {
             mode: None,
         };
         if let Ok(contents) = read::contents(&object, &response) {
-            assert!(contents.len() <= response.len() + 128);
+            // Go's escapes write one byte (`<`, a control character) as six (`\u003c`), and
+            // the envelope adds its field names: no more than that.
+            assert!(contents.len() <= response.len() * 6 + 128);
         }
     }
 });
