@@ -1002,23 +1002,16 @@ async fn every_class_ascp_was_run_with_gives_its_files() {
         format!("--kubeconfig={}", kubeconfig.display()),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut server = support::upstream::serve("aws", &socket, &log, &args).await;
+    let server = support::upstream::serve("aws", &socket, &log, &args).await;
     let app = pod(&api, "web-1", "app-sa");
     let tokens = app.tokens(&api, &["sts.amazonaws.com"]);
     let mismatches =
         support::upstream::compare(&socket, &corpus, &app, &tokens, &BTreeMap::new()).await;
-    server.kill().unwrap();
-    server.wait().unwrap();
-    assert!(
-        mismatches.is_empty(),
-        "{} of {} classes differ from {}:\n{}",
-        mismatches.len(),
-        corpus["cases"].as_object().unwrap().len(),
-        corpus["peer"],
-        mismatches.join("\n")
+    support::upstream::assert_no_mismatches(
+        server,
+        &mismatches,
+        &corpus,
+        &log,
+        &["plain-value", "param-value", "secure-value", "p<&>"],
     );
-    let logs = std::fs::read_to_string(&log).unwrap();
-    for value in ["plain-value", "param-value", "secure-value", "p<&>"] {
-        assert!(!logs.contains(value), "the provider logged {value}");
-    }
 }

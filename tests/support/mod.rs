@@ -758,6 +758,12 @@ pub async fn serve_provider(name: &str, socket: &Path, args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    wait_for_socket(socket).await;
+    child
+}
+
+/// Waits (20 s at most) for a served provider's socket.
+pub async fn wait_for_socket(socket: &Path) {
     let started = Instant::now();
     while !socket.exists() {
         assert!(
@@ -766,7 +772,6 @@ pub async fn serve_provider(name: &str, socket: &Path, args: &[&str]) -> Child {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    child
 }
 
 /// Stops a served provider with SIGTERM, checks that it exits cleanly and removes its socket,

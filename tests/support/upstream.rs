@@ -9,12 +9,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use secrets_store_csi_driver::proto::v1alpha1 as pb;
 use serde_json::{Map, Value, json};
 
-use super::{DRIVER, Pod, uds_channel};
+use super::{DRIVER, Pod, uds_channel, wait_for_socket};
 
 /// The fixture's section for one provider (`vault` or `aws`).
 pub fn section(name: &str) -> Value {
@@ -35,15 +34,33 @@ pub async fn serve(name: &str, socket: &Path, log: &Path, args: &[&str]) -> Chil
         .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while !socket.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no provider socket"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_socket(socket).await;
     child
+}
+
+/// Stops the provider, then asserts that no class differed and that its log holds none of
+/// `values`.
+pub fn assert_no_mismatches(
+    mut server: Child,
+    mismatches: &[String],
+    corpus: &Value,
+    log: &Path,
+    values: &[&str],
+) {
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} classes differ from {}:\n{}",
+        mismatches.len(),
+        corpus["cases"].as_object().unwrap().len(),
+        corpus["peer"],
+        mismatches.join("\n")
+    );
+    let logs = std::fs::read_to_string(log).unwrap();
+    for value in values {
+        assert!(!logs.contains(value), "the provider logged {value}");
+    }
 }
 
 /// What a mount gave, in the fixture's form.
