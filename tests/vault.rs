@@ -101,18 +101,10 @@ fn kubernetes_auth(api: &ApiServer) -> KubernetesAuth {
     }
 }
 
-/// JWT auth at `jwt/` trusting the fake API server's signing key, and role `app-jwt` for the
+/// [`enable_jwt_auth_method`] and role `app-jwt` for the
 /// subject team/app-sa with audience `custom-aud` (as in `examples/vault-jwt.yaml`).
 fn enable_jwt_auth(bao: &OpenBao, api: &dyn TestApi) {
-    bao.bao(&["auth", "enable", "jwt"]);
-    let key = bao.dir.path().join("sa.pub");
-    std::fs::write(&key, api.token_public_key_pem()).unwrap();
-    bao.bao(&[
-        "write",
-        "auth/jwt/config",
-        &format!("jwt_validation_pubkeys=@{}", key.display()),
-        &format!("bound_issuer={}", support::apiserver::ISSUER),
-    ]);
+    enable_jwt_auth_method(bao, api);
     bao.bao(&[
         "write",
         "auth/jwt/role/app-jwt",
@@ -121,6 +113,19 @@ fn enable_jwt_auth(bao: &OpenBao, api: &dyn TestApi) {
         "user_claim=sub",
         "bound_subject=system:serviceaccount:team:app-sa",
         "token_policies=app",
+    ]);
+}
+
+/// JWT auth at `jwt/` trusting the fake API server's signing key and issuer; no role yet.
+fn enable_jwt_auth_method(bao: &OpenBao, api: &dyn TestApi) {
+    bao.bao(&["auth", "enable", "jwt"]);
+    let key = bao.dir.path().join("sa.pub");
+    std::fs::write(&key, api.token_public_key_pem()).unwrap();
+    bao.bao(&[
+        "write",
+        "auth/jwt/config",
+        &format!("jwt_validation_pubkeys=@{}", key.display()),
+        &format!("bound_issuer={}", support::apiserver::ISSUER),
     ]);
 }
 
@@ -1210,14 +1215,7 @@ async fn every_class_vault_csi_provider_was_run_with_gives_its_files() {
         r#"path "*" { capabilities = ["read", "list", "update", "create"] }"#,
     );
     // The recording logged in with JWT auth at `jwt`, role `app`, audience `vault`.
-    bao.bao(&["auth", "enable", "jwt"]);
-    let key = bao.dir.path().join("sa.pub");
-    std::fs::write(&key, api.token_public_key_pem()).unwrap();
-    bao.bao(&[
-        "write",
-        "auth/jwt/config",
-        &format!("jwt_validation_pubkeys=@{}", key.display()),
-    ]);
+    enable_jwt_auth_method(&bao, &api);
     bao.bao(&[
         "write",
         "auth/jwt/role/app",

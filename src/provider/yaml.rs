@@ -117,6 +117,18 @@ pub fn deserialize_folded<'de, T: FoldedFields, D: Deserializer<'de>>(
     deserializer.deserialize_map(Fields(PhantomData))
 }
 
+/// Implements `Deserialize` for [`FoldedFields`] types through [`deserialize_folded`].
+macro_rules! folded_deserialize {
+    ($($ty:ty),*) => {$(
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                $crate::provider::yaml::deserialize_folded(deserializer)
+            }
+        }
+    )*};
+}
+pub(crate) use folded_deserialize;
+
 #[cfg(test)]
 mod tests {
     use super::*;

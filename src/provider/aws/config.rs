@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Deserialize;
 use serde::de::MapAccess;
 
 use super::{NAME, jmes};
@@ -296,16 +295,7 @@ impl FoldedFields for RawFailover {
     }
 }
 
-macro_rules! folded_deserialize {
-    ($($ty:ty),*) => {$(
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                yaml::deserialize_folded(deserializer)
-            }
-        }
-    )*};
-}
-folded_deserialize!(RawObject, RawJmes, RawFailover);
+yaml::folded_deserialize!(RawObject, RawJmes, RawFailover);
 
 fn parse_objects(
     text: &str,

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
-use serde::Deserialize;
 use serde::de::MapAccess;
 
 use super::NAME;
@@ -272,11 +271,7 @@ impl FoldedFields for RawObject {
     }
 }
 
-impl<'de> Deserialize<'de> for RawObject {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        yaml::deserialize_folded(deserializer)
-    }
-}
+yaml::folded_deserialize!(RawObject);
 
 fn invalid(message: String) -> ProviderError {
     ProviderError::InvalidParameters {
