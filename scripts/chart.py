@@ -28,6 +28,9 @@ NAMESPACE = "kube-system"
 DEPLOY_VALUES = {
     "fullnameOverride": RELEASE,
     "syncSecret": {"enabled": True},
+    # The SecretSync controller's Deployment, RBAC and admission policies, in files of their
+    # own; its key Secret is the operator's to create (README), never a committed value.
+    "syncController": {"enabled": True, "keySecret": {"create": False}},
     "linux": {"appLabel": "csi-secrets-store"},
     "serviceAccountTokenInSecrets": False,
 }

@@ -39,8 +39,99 @@ pub enum Command {
     Unmount(UnmountArgs),
     /// Serve a built-in provider on a plugin socket, for the upstream driver or another node.
     Provider(ProviderServeArgs),
+    /// Sync Kubernetes Secrets from SecretSync objects, without any pod (a Deployment).
+    SyncController(SyncControllerArgs),
     /// Print the CustomResourceDefinitions (YAML) generated from the driver's types.
     Crdgen(CrdgenArgs),
+}
+
+/// `sync-controller` flags (upstream secrets-store-sync-controller's names).
+#[derive(Debug, Args)]
+pub struct SyncControllerArgs {
+    /// Audiences tokens may be requested for (comma-separated); a class's built-in provider
+    /// names the one it needs, a plugin gets all.
+    #[arg(
+        long,
+        env = "TOKEN_REQUEST_AUDIENCE",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub token_request_audience: Vec<String>,
+    /// How often every Secret is fetched again (a class's
+    /// `secrets-store.csi.k8s.io/rotation-poll-interval` annotation overrides it); `0s` never.
+    #[arg(long, env = "ROTATION_POLL_INTERVAL", default_value = "12h", value_parser = humantime::parse_duration)]
+    pub rotation_poll_interval: Duration,
+    /// Only one replica writes at a time, the holder of a Lease.
+    #[arg(long, env = "LEADER_ELECT", action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true")]
+    pub leader_elect: bool,
+    /// Namespace of the Lease; the pod's own namespace when empty.
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE", default_value = "")]
+    pub leader_election_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "secrets-store-sync-controller")]
+    pub leader_election_id: String,
+    /// How long a lease is valid after its last renewal.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub leader_election_lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it stops.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub leader_election_renew_deadline: Duration,
+    /// How often to try to acquire or renew the lease.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub leader_election_retry_period: Duration,
+    /// `spec.secretSyncControllerName` served besides the empty one.
+    #[arg(
+        long,
+        env = "SECRET_SYNC_CONTROLLER_NAME",
+        default_value = "secrets-store-sync-controller"
+    )]
+    pub secret_sync_controller_name: String,
+    /// Listen address of `/metrics`.
+    #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = ":8085")]
+    pub metrics_bind_address: String,
+    /// Listen address of `/healthz` and `/readyz`; empty for none.
+    #[arg(long, env = "HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081")]
+    pub health_probe_bind_address: String,
+    /// This pod's name (downward API), told to providers and used as the lease identity.
+    #[arg(long, env = "SYNC_CONTROLLER_POD_NAME", default_value = "")]
+    pub pod_name: String,
+    /// This pod's UID (downward API), told to providers.
+    #[arg(long, env = "SYNC_CONTROLLER_POD_UID", default_value = "")]
+    pub pod_uid: String,
+    /// This pod's namespace (downward API), the default of the Lease's.
+    #[arg(long, env = "SYNC_CONTROLLER_POD_NAMESPACE", default_value = "")]
+    pub pod_namespace: String,
+    /// SecretSyncs reconciled at once.
+    #[arg(long, env = "CONCURRENT_SYNCS", default_value_t = 16)]
+    pub concurrent_syncs: u16,
+    /// How long one fetch from a provider may take.
+    #[arg(long, env = "FETCH_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub fetch_timeout: Duration,
+    /// Kubeconfig file; in-cluster configuration is used without it.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Built-in providers (comma-separated); a name left out is looked up as a plugin socket.
+    #[arg(
+        long,
+        env = "BUILTIN_PROVIDERS",
+        value_delimiter = ',',
+        default_value = "vault,aws"
+    )]
+    pub builtin_providers: Vec<String>,
+    /// Provider sockets and limits (`--provider-volume` as upstream's controller).
+    #[command(flatten)]
+    pub providers: ProviderArgs,
+    /// Vault settings.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// AWS settings.
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    /// The key of object versions and of `status.syncHash`: shared by every replica (a
+    /// mounted Secret) so that a failover rewrites nothing.
+    #[command(flatten)]
+    pub version_key: VersionKeyArgs,
 }
 
 /// `crdgen` flags.

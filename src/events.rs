@@ -1,4 +1,5 @@
-//! Kubernetes Events on pods: what `kubectl describe pod` shows about sync and rotation.
+//! Kubernetes Events on pods and SecretSyncs: what `kubectl describe` shows about sync and
+//! rotation.
 //!
 //! Core `v1` Events, as upstream records them (same component name, so existing alerts match).
 //! A repeat of the same reason and message on the same pod within ten minutes bumps the count
@@ -45,15 +46,32 @@ pub enum Severity {
     Warning,
 }
 
-/// The pod an Event is about.
+/// The sync controller's event source component, as upstream's controller names it.
+pub const SYNC_CONTROLLER_COMPONENT: &str = "secret-sync-controller";
+
+/// The object an Event is about: a pod, unless the kind says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PodRef {
     /// Namespace.
     pub namespace: String,
     /// Name.
     pub name: String,
-    /// UID, so an Event never attaches to a later pod of the same name.
+    /// UID, so an Event never attaches to a later object of the same name.
     pub uid: String,
+    /// `apiVersion` and `kind`, when not a core `v1` Pod.
+    pub kind: Option<(String, String)>,
+}
+
+impl PodRef {
+    /// A pod.
+    pub fn pod(namespace: &str, name: &str, uid: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+            kind: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -71,10 +89,11 @@ struct Series {
     last_sent: Instant,
 }
 
-/// Records Events for this node's driver.
+/// Records Events for this node's driver, or for the sync controller.
 pub struct Recorder {
     client: kube::Client,
     host: String,
+    component: &'static str,
     series: Mutex<HashMap<SeriesKey, Series>>,
 }
 
@@ -89,9 +108,15 @@ impl std::fmt::Debug for Recorder {
 impl Recorder {
     /// A recorder that signs Events with this node's name.
     pub fn new(client: kube::Client, node_name: &str) -> Self {
+        Self::for_component(client, node_name, COMPONENT)
+    }
+
+    /// A recorder of another component (the sync controller), signed with `host`.
+    pub fn for_component(client: kube::Client, host: &str, component: &'static str) -> Self {
         Self {
             client,
-            host: node_name.to_owned(),
+            host: host.to_owned(),
+            component,
             series: Mutex::new(HashMap::new()),
         }
     }
@@ -144,7 +169,7 @@ impl Recorder {
                 namespace = %pod.namespace,
                 reason,
                 error = %err,
-                "failed to record an event on the pod"
+                "failed to record an event"
             );
         }
     }
@@ -197,8 +222,8 @@ impl Recorder {
                 ..Default::default()
             },
             involved_object: ObjectReference {
-                api_version: Some("v1".to_owned()),
-                kind: Some("Pod".to_owned()),
+                api_version: Some(pod.kind.as_ref().map_or("v1", |k| k.0.as_str()).to_owned()),
+                kind: Some(pod.kind.as_ref().map_or("Pod", |k| k.1.as_str()).to_owned()),
                 name: Some(pod.name.clone()),
                 namespace: Some(pod.namespace.clone()),
                 uid: Some(pod.uid.clone()),
@@ -214,10 +239,10 @@ impl Recorder {
                 .to_owned(),
             ),
             source: Some(EventSource {
-                component: Some(COMPONENT.to_owned()),
+                component: Some(self.component.to_owned()),
                 host: Some(self.host.clone()),
             }),
-            reporting_component: Some(COMPONENT.to_owned()),
+            reporting_component: Some(self.component.to_owned()),
             reporting_instance: Some(self.host.clone()),
             first_timestamp: Some(now.clone()),
             last_timestamp: Some(now.clone()),

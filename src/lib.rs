@@ -13,8 +13,11 @@
 //!     rotation  : remembered volume state, interval gate, rotation Events and conditions
 //!   <-- Ok | one PublishError -> tonic::Status mapping (csi::status)
 //! sync      : kube-runtime Controller over this node's SPCPS -> Kubernetes Secrets
+//! secret_sync: cluster controller over SecretSyncs -> class -> provider (with a token
+//!             requested for the SecretSync's service account) -> owner-guarded Secret write
 //! events    : Warning/Normal Events on pods for sync and rotation outcomes
-//! app       : one module per mode (node, mount, provider), one built-in provider factory
+//! app       : one module per mode (node, mount, provider, sync-controller), one built-in
+//!             provider factory
 //! leaves    : pod (identity, attribute names), error (messages), grpc (sockets, deadlines),
 //!             limits, lock, redact, crd, proto
 //! ```
@@ -42,6 +45,7 @@ pub mod provider;
 pub mod publish;
 pub mod redact;
 pub mod rotation;
+pub mod secret_sync;
 pub mod shutdown;
 pub mod sync;
 pub mod telemetry;

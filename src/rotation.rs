@@ -132,11 +132,7 @@ impl Reports<'_> {
 }
 
 fn pod_ref(pod: &PodInfo) -> PodRef {
-    PodRef {
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        uid: pod.uid.clone(),
-    }
+    PodRef::pod(&pod.namespace, &pod.name, &pod.uid)
 }
 
 #[cfg(test)]

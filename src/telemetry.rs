@@ -28,8 +28,10 @@ pub fn init(json: bool, verbosity: u8) {
             .with_filter(capped(env));
         registry.with(layer).init();
     } else {
+        // Colours only for a person at a terminal, never in a container's log file.
         let layer = tracing_subscriber::fmt::layer()
             .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .with_filter(capped(env));
         registry.with(layer).init();

@@ -523,10 +523,27 @@ fn deploy_is_the_charts_render_and_parses() {
             "ClusterRoleBinding",
             "CustomResourceDefinition",
             "DaemonSet",
+            "Deployment",
+            "Role",
+            "RoleBinding",
             "Service",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
+    // The sync controller: its own pods (never the DaemonSet's), flags the binary accepts,
+    // no committed key.
+    let controller = find(&docs, "Deployment", "secrets-store-sync-controller").unwrap();
+    let pod_labels = &controller["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(pod_labels["app"], "secrets-store-sync-controller");
+    let controller_args = args(container(controller, "sync-controller"));
+    let cli = Cli::try_parse_from(
+        std::iter::once("secrets-store-csi-driver".to_owned()).chain(controller_args.iter().cloned()),
+    )
+    .unwrap_or_else(|e| panic!("the sync controller's args do not parse: {e}\n{controller_args:?}"));
+    assert!(matches!(cli.command, Some(CliCommand::SyncController(_))));
+    assert!(find(&docs, "Secret", "secrets-store-sync-controller-key").is_none());
     let ds = find(&docs, "DaemonSet", "csi-secrets-store").unwrap();
     assert_eq!(ds["metadata"]["namespace"], "kube-system");
     assert_eq!(

@@ -85,6 +85,7 @@ fn context(provider: Arc<Scripted>) -> Context {
                 ..Default::default()
             },
             annotations: BTreeMap::new(),
+            ..Default::default()
         },
     );
     let providers = Registry::new(RegistryConfig {

@@ -4,9 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use anyhow::bail;
+
 use crate::cli::{AwsArgs, VaultArgs};
+use crate::provider::Registry;
 use crate::provider::aws::{self, AwsProvider};
-use crate::provider::local::LocalProvider;
+use crate::provider::local::{self, LocalProvider};
 use crate::provider::vault::config::{TlsConfig, TlsFile, TlsPolicy};
 use crate::provider::vault::{self, VaultProvider, auth::Credentials};
 use crate::provider::version_key::VersionKey;
@@ -45,6 +48,40 @@ pub(super) struct Builtins<'a> {
 }
 
 impl Builtins<'_> {
+    /// Adds the built-in providers named in `--builtin-providers` to `providers`.
+    pub fn register(&self, mut providers: Registry, names: &[String]) -> anyhow::Result<Registry> {
+        for name in names.iter().map(|n| n.trim()) {
+            match name {
+                "" => {}
+                vault::NAME => {
+                    providers = providers.with_builtin(vault::NAME, self.vault());
+                    tracing::info!(default_address = %self.vault.vault_address, "built-in vault provider enabled");
+                }
+                aws::NAME => {
+                    providers = providers.with_builtin(aws::NAME, self.aws());
+                    tracing::info!(
+                        region = self
+                            .aws
+                            .aws_region
+                            .as_deref()
+                            .unwrap_or("(from the node label)"),
+                        endpoint = self.aws.aws_endpoint_url.as_deref().unwrap_or("(AWS)"),
+                        "built-in aws provider enabled"
+                    );
+                }
+                local::NAME => {
+                    bail!(
+                        "--builtin-providers: enable `local` with --local-provider-root DIR instead"
+                    )
+                }
+                other => bail!(
+                    "--builtin-providers: {other:?} is not a built-in provider; the built-ins are: vault, aws"
+                ),
+            }
+        }
+        Ok(providers)
+    }
+
     /// The `vault` provider.
     pub fn vault(&self) -> Arc<VaultProvider> {
         let args = self.vault;

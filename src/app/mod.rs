@@ -1,10 +1,12 @@
 //! Wiring: builds each mode's pipeline context and runs it until done or shut down, one
-//! module per mode (`node`, `mount`, `provider`) and one factory of built-in providers.
+//! module per mode (`node`, `mount`, `provider`, `sync_controller`) and one factory of
+//! built-in providers.
 
 mod builtin;
 mod mount;
 mod node;
 mod provider;
+mod sync_controller;
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +28,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Mount(args)) => mount::run_mount(args).await,
         Some(Command::Unmount(args)) => run_unmount(&args),
         Some(Command::Provider(args)) => provider::run_provider(args).await,
+        Some(Command::SyncController(args)) => sync_controller::run_sync_controller(args).await,
         Some(Command::Crdgen(args)) => run_crdgen(&args),
         None => bail!("no command given: run `secrets-store-csi-driver --help`"),
     }

@@ -50,6 +50,7 @@ pub(super) async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         Class {
             spec: class.spec.clone(),
             annotations: class.metadata.annotations.clone().unwrap_or_default(),
+            ..Default::default()
         },
     );
 

@@ -13,7 +13,7 @@ use crate::cli::NodeArgs;
 use crate::csi::{self, DriverInfo};
 use crate::metrics::{self, Metrics};
 use crate::pod_status::PodStatusWriter;
-use crate::provider::{Registry, aws, local, vault};
+use crate::provider::{Registry, local};
 use crate::publish::Context;
 use crate::volume::target::KubeletRoot;
 use crate::volume::{MountMode, TmpfsOptions, mount};
@@ -59,35 +59,8 @@ pub(super) async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             node_name: Some(args.nodeid.clone()),
         },
     };
-    let mut providers = registry(&args.providers);
-    for name in args.builtin_providers.iter().map(|n| n.trim()) {
-        match name {
-            "" => {}
-            vault::NAME => {
-                providers = providers.with_builtin(vault::NAME, builtins.vault());
-                tracing::info!(default_address = %args.vault.vault_address, "built-in vault provider enabled");
-            }
-            aws::NAME => {
-                providers = providers.with_builtin(aws::NAME, builtins.aws());
-                tracing::info!(
-                    region = args
-                        .aws
-                        .aws_region
-                        .as_deref()
-                        .unwrap_or("(from the node label)"),
-                    endpoint = args.aws.aws_endpoint_url.as_deref().unwrap_or("(AWS)"),
-                    "built-in aws provider enabled"
-                );
-            }
-            local::NAME => {
-                bail!("--builtin-providers: enable `local` with --local-provider-root DIR instead")
-            }
-            other => bail!(
-                "--builtin-providers: {other:?} is not a built-in provider; the built-ins are: vault, aws"
-            ),
-        }
-    }
-    providers = match &args.local_provider_root {
+    let providers = builtins.register(registry(&args.providers), &args.builtin_providers)?;
+    let providers = match &args.local_provider_root {
         Some(root) => {
             let root = root
                 .canonicalize()

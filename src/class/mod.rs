@@ -22,6 +22,16 @@ pub struct Class {
     pub spec: SecretProviderClassSpec,
     /// The metadata annotations (the per-class rotation interval lives there).
     pub annotations: BTreeMap<String, String>,
+    /// `<uid>/<generation>`: changes when the class is recreated or its spec edited.
+    pub revision: String,
+}
+
+fn revision(metadata: &kube::api::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        metadata.uid.as_deref().unwrap_or_default(),
+        metadata.generation.unwrap_or_default()
+    )
 }
 
 impl Class {
@@ -178,6 +188,7 @@ impl ClassSource for KubeClasses {
         match v1.get_opt(name).await {
             Ok(Some(class)) => {
                 return Ok(Class {
+                    revision: revision(&class.metadata),
                     spec: class.spec,
                     annotations: class.metadata.annotations.unwrap_or_default(),
                 });
@@ -198,6 +209,7 @@ impl ClassSource for KubeClasses {
                      upgrade the CRDs so that v1 is served"
                 );
                 Ok(Class {
+                    revision: revision(&class.metadata),
                     spec: class.spec.into(),
                     annotations: class.metadata.annotations.unwrap_or_default(),
                 })

@@ -7,6 +7,7 @@ use kube::CustomResourceExt as _;
 use kube::core::crd::merge_crds;
 
 use super::provider_class::{SecretProviderClass, v1alpha1};
+use super::secret_sync::SecretSync;
 
 const DEPRECATED: &str =
     "secrets-store.csi.x-k8s.io/v1alpha1 is deprecated. Use secrets-store.csi.x-k8s.io/v1 instead.";
@@ -50,8 +51,28 @@ mod pod_status_schema {
     }
 }
 
-/// Both CRDs, SecretProviderClass first.
+/// The driver's two CRDs, SecretProviderClass first, then the sync controller's SecretSync.
 pub fn crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = driver_crds();
+    let mut secret_sync = SecretSync::crd();
+    for version in &mut secret_sync.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema.description = Some(
+                "A Secret synced from a SecretProviderClass with a service account's identity, without a pod."
+                    .to_owned(),
+            );
+        }
+    }
+    crds.push(secret_sync);
+    crds
+}
+
+/// The CRDs of upstream's driver: `v1` stored, `v1alpha1` deprecated, no subresources.
+fn driver_crds() -> Vec<CustomResourceDefinition> {
     let provider_class = merge_crds(
         vec![
             SecretProviderClass::crd(),
@@ -152,7 +173,7 @@ mod tests {
 
     #[test]
     fn both_crds_store_v1_and_serve_a_deprecated_v1alpha1() {
-        let crds = crds();
+        let crds = driver_crds();
         let names: Vec<&str> = crds
             .iter()
             .map(|c| c.metadata.name.as_deref().unwrap())
@@ -187,5 +208,43 @@ mod tests {
         let properties = &status["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
         assert!(properties.get("spec").is_none());
         assert!(properties["status"]["properties"]["objects"].is_object());
+    }
+
+    #[test]
+    fn secret_sync_has_a_status_subresource_and_upstreams_rules() {
+        let crd = serde_json::to_value(crds().pop().unwrap()).unwrap();
+        assert_eq!(crd["metadata"]["name"], "secretsyncs.secret-sync.x-k8s.io");
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["name"], "v1alpha1");
+        assert!(version["subresources"]["status"].is_object());
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let object = &spec["properties"]["secretObject"]["properties"];
+        assert_eq!(object["type"]["default"], "Opaque");
+        assert_eq!(object["data"]["x-kubernetes-list-map-keys"][0], "targetKey");
+        let rules = object["labels"]["x-kubernetes-validations"]
+            .as_array()
+            .unwrap();
+        assert!(
+            rules[1]["rule"]
+                .as_str()
+                .unwrap()
+                .contains("startsWith('secrets-store.sync.x-k8s.io')")
+        );
+        assert_eq!(spec["properties"]["serviceAccountName"]["maxLength"], 253);
+        let mut required: Vec<&str> = spec["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        required.sort_unstable();
+        assert_eq!(
+            required,
+            [
+                "secretObject",
+                "secretProviderClassName",
+                "serviceAccountName"
+            ]
+        );
     }
 }

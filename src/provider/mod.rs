@@ -52,6 +52,21 @@ pub trait Provider: Send + Sync + fmt::Debug {
     fn class_parameters(&self) -> &'static [&'static str] {
         &[]
     }
+
+    /// The service-account token audiences a class with these parameters logs in with, for a
+    /// caller that requests tokens itself (the sync controller), so it mints no others;
+    /// `None` when the provider cannot tell (a plugin): the caller offers all it may.
+    fn token_audiences(&self, _parameters: &BTreeMap<String, String>) -> Option<Vec<String>> {
+        None
+    }
+}
+
+/// A parameter as upstream providers read it: trimmed, and absent when empty.
+pub fn parameter<'a>(parameters: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
+    parameters
+        .get(key)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
 }
 
 /// Everything a provider is told about one volume.

@@ -349,11 +349,7 @@ impl Controller {
             // which is an event of its own.
             return Ok(());
         }
-        let pod_ref = PodRef {
-            namespace: namespace.clone(),
-            name: status.pod_name.clone(),
-            uid: pod_uid.clone(),
-        };
+        let pod_ref = PodRef::pod(namespace, &status.pod_name, &pod_uid);
         let class_name = &status.secret_provider_class_name;
         let spec = match self.classes.get(namespace, class_name).await {
             Ok(class) => class.spec,

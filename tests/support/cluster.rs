@@ -706,6 +706,11 @@ fn deploy_files() -> Vec<PathBuf> {
         "rbac-secretproviderclass.yaml",
         "rbac-secretprovidersyncing.yaml",
         "roles-aggregated.yaml",
+        // The sync controller's CRD, identity, RBAC and admission policies (the harness runs
+        // the controller itself, as the Deployment would).
+        "secretsyncs.yaml",
+        "sync-controller-rbac.yaml",
+        "sync-controller-policies.yaml",
     ]
     .iter()
     .map(|name| deploy.join(name))
@@ -943,6 +948,7 @@ async fn wait_crds(client: &kube::Client) {
     for name in [
         "secretproviderclasses.secrets-store.csi.x-k8s.io",
         "secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io",
+        "secretsyncs.secret-sync.x-k8s.io",
     ] {
         loop {
             let crd = get(
@@ -1092,6 +1098,23 @@ impl ApiServer {
         self.client.clone()
     }
 
+    /// A kubeconfig authenticated as the service account `namespace/name`, e.g. the sync
+    /// controller's of `deploy/`.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> String {
+        let token = block(service_account_token(&self.client, namespace, name));
+        kubeconfig(&self.url, &self.plane.ca_pem, json!({"token": token}))
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn api_url(&self) -> &str {
+        &self.url
+    }
+
+    /// The control plane's directory (component logs).
+    pub fn dir(&self) -> &Path {
+        &self.plane.dir
+    }
+
     /// The cluster CA, PEM.
     pub fn ca_pem(&self) -> &str {
         &self.plane.ca_pem
@@ -1172,12 +1195,13 @@ fn block<F: std::future::Future>(future: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
-/// `/api/v1` or `/apis/<group>/v1`: every resource the tests touch is at `v1`.
+/// `/api/v1` or `/apis/<group>/<version>`: every resource the tests touch is at `v1`, but
+/// SecretSync's `v1alpha1`.
 fn group_path(group: &str) -> String {
-    if group.is_empty() {
-        "/api/v1".to_owned()
-    } else {
-        format!("/apis/{group}/v1")
+    match group {
+        "" => "/api/v1".to_owned(),
+        "secret-sync.x-k8s.io" => format!("/apis/{group}/v1alpha1"),
+        _ => format!("/apis/{group}/v1"),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod moto;
 pub mod openbao;
 pub mod provider;
 pub mod redis;
+pub mod sync_controller;
 pub mod upstream;
 
 use std::io::Read as _;

@@ -32,12 +32,18 @@
 
 {{/* Labels on every object. */}}
 {{- define "sscsi.labels" -}}
+{{ include "sscsi.releaseLabels" . }}
+app: {{ .Values.linux.appLabel }}
+{{- end -}}
+
+{{/* The release's labels without `app` (the sync controller's pods have an `app` of their
+     own, so that the DaemonSet's selector never matches them). */}}
+{{- define "sscsi.releaseLabels" -}}
 app.kubernetes.io/name: {{ include "sscsi.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-app: {{ .Values.linux.appLabel }}
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
@@ -55,4 +61,56 @@ app: {{ .Values.linux.appLabel }}
 {{- else -}}
 {{ .repository }}:{{ .tag }}
 {{- end -}}
+{{- end -}}
+
+{{/* The built-in providers' flags, shared by the node plugin and the sync controller. */}}
+{{- define "sscsi.providerArgs" -}}
+{{- $builtins := list }}
+{{- if .Values.vault.enabled }}{{ $builtins = append $builtins "vault" }}{{ end }}
+{{- if .Values.aws.enabled }}{{ $builtins = append $builtins "aws" }}{{ end }}
+- --builtin-providers={{ join "," $builtins }}
+{{- if .Values.vault.enabled }}
+{{- with .Values.vault.address }}
+- --vault-address={{ . }}
+{{- end }}
+- --vault-mount={{ .Values.vault.authMount }}
+{{- with .Values.vault.namespace }}
+- --vault-namespace={{ . }}
+{{- end }}
+{{- if .Values.vault.tls.caConfigMap }}
+- --vault-tls-ca-cert=/etc/secrets-store-csi-driver/vault-ca/ca.crt
+{{- end }}
+{{- with .Values.vault.tls.serverName }}
+- --vault-tls-server-name={{ . }}
+{{- end }}
+{{- $tlsDirs := .Values.vault.tls.allowedDirs }}
+{{- if .Values.vault.tls.caConfigMap }}{{ $tlsDirs = append $tlsDirs "/etc/secrets-store-csi-driver/vault-ca" }}{{ end }}
+{{- with $tlsDirs }}
+- --vault-tls-allowed-dirs={{ join "," . }}
+{{- end }}
+{{- if .Values.vault.tls.skipVerify }}
+- --vault-tls-skip-verify=true
+{{- end }}
+- --vault-read-cache-ttl={{ .Values.vault.readCacheTTL }}
+- --vault-concurrency={{ .Values.vault.concurrency }}
+- --vault-cache-size={{ .Values.vault.cacheSize }}
+{{- end }}
+{{- if .Values.aws.enabled }}
+{{- with .Values.aws.region }}
+- --aws-region={{ . }}
+{{- end }}
+{{- with .Values.aws.endpointURL }}
+- --aws-endpoint-url={{ . }}
+{{- end }}
+{{- if .Values.aws.useFIPSEndpoint }}
+- --aws-use-fips-endpoint=true
+{{- end }}
+{{- with .Values.aws.podIdentityEndpoint }}
+- --aws-pod-identity-endpoint={{ . }}
+{{- end }}
+- --aws-call-timeout={{ .Values.aws.callTimeout }}
+- --aws-read-cache-ttl={{ .Values.aws.readCacheTTL }}
+- --aws-concurrency={{ .Values.aws.concurrency }}
+- --aws-cache-size={{ .Values.aws.cacheSize }}
+{{- end }}
 {{- end -}}

@@ -267,6 +267,18 @@ impl Provider for AwsProvider {
         config::PARAMETERS
     }
 
+    fn token_audiences(&self, parameters: &BTreeMap<String, String>) -> Option<Vec<String>> {
+        let pod_identity = crate::provider::parameter(parameters, "usePodIdentity")
+            .and_then(crate::provider::parse_go_bool)
+            .unwrap_or(false);
+        let audience = if pod_identity {
+            auth::POD_IDENTITY_AUDIENCE
+        } else {
+            auth::IRSA_AUDIENCE
+        };
+        Some(vec![audience.to_owned()])
+    }
+
     async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
         let started = Instant::now();
         self.reads.drop_expired();

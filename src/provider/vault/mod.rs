@@ -170,6 +170,11 @@ impl Provider for VaultProvider {
         config::PARAMETERS
     }
 
+    fn token_audiences(&self, parameters: &BTreeMap<String, String>) -> Option<Vec<String>> {
+        let audience = crate::provider::parameter(parameters, "audience").unwrap_or("vault");
+        Some(vec![audience.to_owned()])
+    }
+
     async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
         let started = Instant::now();
         self.reads.drop_expired();

@@ -1,0 +1,618 @@
+//! The SecretSync controller (`sync-controller`) end to end: a real API server with the
+//! garbage collector, the controller's RBAC and admission policies from `deploy/`, the real
+//! binary authenticated as its ServiceAccount, and real OpenBao and moto behind the built-in
+//! providers. Every SecretSync here is upstream's README shape, unchanged.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::openbao::{KubernetesAuth, OpenBao};
+use support::sync_controller::{ACCOUNT, Site};
+use support::{ApiServer, TestApi as _};
+
+const GROUP: &str = "secret-sync.x-k8s.io";
+
+/// Polls `check` until it answers, or fails naming `what`.
+fn until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// A SecretSync as upstream's README writes it.
+fn secret_sync(
+    namespace: &str,
+    name: &str,
+    account: &str,
+    class: &str,
+    pairs: &[(&str, &str)],
+) -> Value {
+    let data: Vec<Value> = pairs
+        .iter()
+        .map(|(source, target)| json!({"sourcePath": source, "targetKey": target}))
+        .collect();
+    json!({
+        "apiVersion": "secret-sync.x-k8s.io/v1alpha1",
+        "kind": "SecretSync",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "serviceAccountName": account,
+            "secretProviderClassName": class,
+            "secretObject": {"type": "Opaque", "data": data},
+        },
+    })
+}
+
+fn condition<'a>(ss: &'a Value, type_: &str) -> Option<&'a Value> {
+    ss["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+/// Waits for the condition `type_` of `namespace/name` to have `reason`, and returns the
+/// SecretSync.
+fn wait_reason(api: &ApiServer, namespace: &str, name: &str, type_: &str, reason: &str) -> Value {
+    until(
+        &format!("{name} {type_}={reason}"),
+        Duration::from_secs(60),
+        || {
+            let ss = api.get(GROUP, "secretsyncs", namespace, name)?;
+            (condition(&ss, type_)?["reason"] == reason).then_some(ss)
+        },
+    )
+}
+
+fn secret_value(api: &ApiServer, namespace: &str, name: &str, key: &str) -> Option<String> {
+    api.get("", "secrets", namespace, name)?["data"][key]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn warning_events(api: &ApiServer, namespace: &str, name: &str) -> Vec<Value> {
+    api.list("", "events")
+        .into_iter()
+        .filter(|e| {
+            e["metadata"]["namespace"] == namespace
+                && e["involvedObject"]["kind"] == "SecretSync"
+                && e["involvedObject"]["name"] == name
+                && e["type"] == "Warning"
+        })
+        .collect()
+}
+
+/// OpenBao with Kubernetes auth reviewing tokens at `api`, a KV secret `secret/app`, and a
+/// role `app` for `namespace/app-sa` only.
+fn vault_for(api: &ApiServer, namespace: &str, password: &str) -> Option<OpenBao> {
+    let bao = OpenBao::start()?;
+    bao.bao(&["kv", "put", "secret/app", &format!("password={password}")]);
+    bao.policy(
+        "app",
+        r#"path "secret/data/app" { capabilities = ["read"] }"#,
+    );
+    bao.enable_kubernetes_auth_in(
+        None,
+        &KubernetesAuth {
+            url: api.api_url().to_owned(),
+            ca_pem: api.ca_pem().to_owned(),
+            reviewer_jwt: api.reviewer_token(),
+        },
+    );
+    bao.kubernetes_role("app", namespace, "app-sa", "app");
+    for account in ["app-sa", "other-sa"] {
+        api.insert(
+            "",
+            "serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": account, "namespace": namespace}}),
+        );
+    }
+    api.insert(
+        "secrets-store.csi.x-k8s.io",
+        "secretproviderclasses",
+        json!({
+            "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+            "kind": "SecretProviderClass",
+            "metadata": {"name": "vault-app", "namespace": namespace},
+            "spec": {"provider": "vault", "parameters": {
+                "vaultAddress": bao.addr,
+                "roleName": "app",
+                "objects": "- objectName: password\n  secretPath: secret/data/app\n  secretKey: password\n",
+            }},
+        }),
+    );
+    Some(bao)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_sync_creates_updates_rotates_and_cascades_with_the_workloads_identity() {
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    let ns = "team-a";
+    let values = ["pw-first-7c1d", "pw-second-93ab", "pw-third-41fe"];
+    let Some(bao) = vault_for(&api, ns, values[0]) else {
+        return;
+    };
+    let site = Site::new(&api);
+    let controller = site.start(
+        "ctl-a",
+        &[
+            format!("--vault-address={}", bao.addr),
+            "--rotation-poll-interval=3s".to_owned(),
+        ],
+    );
+
+    // Create: the Secret, its owner, labels and annotations; upstream's conditions.
+    let mut object = secret_sync(
+        ns,
+        "app-secret",
+        "app-sa",
+        "vault-app",
+        &[("password", "pw")],
+    );
+    object["spec"]["secretObject"]["labels"] = json!({"team": "a"});
+    object["spec"]["secretObject"]["annotations"] = json!({"owner": "platform"});
+    let created = api.insert(GROUP, "secretsyncs", object);
+    let ss = wait_reason(&api, ns, "app-secret", "SecretCreated", "CreateSuccessful");
+    let secret = api.get("", "secrets", ns, "app-secret").unwrap();
+    assert_eq!(secret["data"]["pw"], b64(values[0]));
+    assert_eq!(secret["type"], "Opaque");
+    assert_eq!(secret["metadata"]["labels"]["team"], "a");
+    assert_eq!(
+        secret["metadata"]["labels"]["secrets-store.sync.x-k8s.io/secretsync"],
+        "app-secret"
+    );
+    assert_eq!(secret["metadata"]["annotations"]["owner"], "platform");
+    let owners = secret["metadata"]["ownerReferences"].as_array().unwrap();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0]["kind"], "SecretSync");
+    assert_eq!(owners[0]["uid"], created["metadata"]["uid"]);
+    assert_eq!(
+        condition(&ss, "SecretUpdated").unwrap()["reason"],
+        "SecretUpToDate"
+    );
+    assert_eq!(condition(&ss, "SecretCreated").unwrap()["status"], "True");
+    assert!(
+        ss["status"]["syncHash"]
+            .as_str()
+            .unwrap()
+            .starts_with("v1:")
+    );
+    let first_sync = ss["status"]["lastSuccessfulSyncTime"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let logins = || {
+        bao.requests()
+            .iter()
+            .filter(|(_, path)| path == "auth/kubernetes/login")
+            .count()
+    };
+    assert!(logins() >= 1, "logged in to OpenBao as app-sa");
+
+    // A spec change applies at once: the key is renamed.
+    api.patch(
+        GROUP,
+        "secretsyncs",
+        ns,
+        "app-secret",
+        &json!({"spec": {"secretObject": {"data": [{"sourcePath": "password", "targetKey": "password"}]}}}),
+    );
+    until("the renamed key", Duration::from_secs(30), || {
+        let secret = api.get("", "secrets", ns, "app-secret")?;
+        (secret["data"]["password"] == b64(values[0]) && secret["data"].get("pw").is_none())
+            .then_some(())
+    });
+
+    // Rotation by the poll interval: a new value in OpenBao arrives without any change here.
+    bao.bao(&[
+        "kv",
+        "put",
+        "secret/app",
+        &format!("password={}", values[1]),
+    ]);
+    until("the rotated value", Duration::from_secs(30), || {
+        (secret_value(&api, ns, "app-secret", "password")? == b64(values[1])).then_some(())
+    });
+    let ss = api.get(GROUP, "secretsyncs", ns, "app-secret").unwrap();
+    assert_ne!(
+        ss["status"]["lastSuccessfulSyncTime"].as_str().unwrap(),
+        first_sync
+    );
+
+    // A class interval of an hour stops polling; forceSynchronization fetches anyway.
+    api.patch(
+        "secrets-store.csi.x-k8s.io",
+        "secretproviderclasses",
+        ns,
+        "vault-app",
+        &json!({"metadata": {"annotations": {"secrets-store.csi.k8s.io/rotation-poll-interval": "1h"}}}),
+    );
+    // One more poll at the old interval reads the annotation.
+    std::thread::sleep(Duration::from_secs(5));
+    bao.bao(&[
+        "kv",
+        "put",
+        "secret/app",
+        &format!("password={}", values[2]),
+    ]);
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(
+        secret_value(&api, ns, "app-secret", "password").unwrap(),
+        b64(values[1]),
+        "with a 1h class interval, nothing is fetched before forceSynchronization"
+    );
+    api.patch(
+        GROUP,
+        "secretsyncs",
+        ns,
+        "app-secret",
+        &json!({"spec": {"forceSynchronization": "rotate-now-1"}}),
+    );
+    until("the forced value", Duration::from_secs(30), || {
+        (secret_value(&api, ns, "app-secret", "password")? == b64(values[2])).then_some(())
+    });
+
+    // A Secret the controller did not create is left alone.
+    api.insert(
+        "",
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "taken", "namespace": ns},
+               "data": {"keep": b64("mine")}}),
+    );
+    api.insert(
+        GROUP,
+        "secretsyncs",
+        secret_sync(
+            ns,
+            "taken",
+            "app-sa",
+            "vault-app",
+            &[("password", "password")],
+        ),
+    );
+    let ss = wait_reason(&api, ns, "taken", "SecretCreated", "ControllerPatchError");
+    let message = condition(&ss, "SecretCreated").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("not owned by this SecretSync"),
+        "{message}"
+    );
+    let taken = api.get("", "secrets", ns, "taken").unwrap();
+    assert_eq!(taken["data"], json!({"keep": b64("mine")}));
+    assert!(taken["metadata"].get("ownerReferences").is_none());
+    until("a Warning Event on taken", Duration::from_secs(30), || {
+        warning_events(&api, ns, "taken")
+            .iter()
+            .any(|e| e["reason"] == "ControllerPatchError")
+            .then_some(())
+    });
+
+    // A service account Vault's role does not allow: a condition and an Event, no Secret.
+    api.insert(
+        GROUP,
+        "secretsyncs",
+        secret_sync(
+            ns,
+            "denied",
+            "other-sa",
+            "vault-app",
+            &[("password", "password")],
+        ),
+    );
+    let ss = wait_reason(&api, ns, "denied", "SecretCreated", "ProviderError");
+    let message = condition(&ss, "SecretCreated").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.starts_with("fetching secrets from the provider failed"),
+        "{message}"
+    );
+    assert!(api.get("", "secrets", ns, "denied").is_none());
+    until("a Warning Event on denied", Duration::from_secs(30), || {
+        warning_events(&api, ns, "denied")
+            .iter()
+            .any(|e| e["reason"] == "ProviderError")
+            .then_some(())
+    });
+
+    // A missing class names itself.
+    api.insert(
+        GROUP,
+        "secretsyncs",
+        secret_sync(
+            ns,
+            "no-class",
+            "app-sa",
+            "absent",
+            &[("password", "password")],
+        ),
+    );
+    let ss = wait_reason(
+        &api,
+        ns,
+        "no-class",
+        "SecretCreated",
+        "SecretProviderClassMisconfigured",
+    );
+    assert!(
+        condition(&ss, "SecretCreated").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"absent\""),
+        "{ss}"
+    );
+
+    // The admission policies: the controller's identity cannot mint a token the API server
+    // would accept, change a Secret that is not a SecretSync's, or delete one.
+    let as_controller = {
+        let text = api.service_account_kubeconfig("kube-system", ACCOUNT);
+        let file = kube::config::Kubeconfig::from_yaml(&text).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    };
+    let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(as_controller.clone(), ns);
+    let request: Value = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": ["https://kubernetes.default.svc.cluster.local"], "expirationSeconds": 600}});
+    let refused = accounts
+        .create_subresource::<Value, Value>("token", "app-sa", &Default::default(), &request)
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("only request tokens for one audience"),
+        "{refused}"
+    );
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(as_controller.clone(), ns);
+    let patch = json!({"data": {"keep": b64("stolen")}});
+    let refused = secrets
+        .patch(
+            "taken",
+            &Default::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("not owned by the SecretSync"),
+        "{refused}"
+    );
+    assert!(
+        secrets
+            .delete("app-secret", &Default::default())
+            .await
+            .is_err()
+    );
+
+    // Deleting the SecretSync takes its Secret with it (the garbage collector).
+    api.delete(GROUP, "secretsyncs", ns, "app-secret");
+    until("the Secret collected", Duration::from_secs(60), || {
+        api.get("", "secrets", ns, "app-secret")
+            .is_none()
+            .then_some(())
+    });
+
+    // No value in the logs, the statuses or the Events.
+    let logs = controller.logs();
+    let statuses = api
+        .list(GROUP, "secretsyncs")
+        .iter()
+        .map(Value::to_string)
+        .collect::<String>();
+    let events = api
+        .list("", "events")
+        .iter()
+        .map(Value::to_string)
+        .collect::<String>();
+    for value in values {
+        for (what, text) in [("log", &logs), ("status", &statuses), ("event", &events)] {
+            assert!(!text.contains(value), "a secret value in a {what}");
+            assert!(
+                !text.contains(&b64(value)),
+                "a secret value (base64) in a {what}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_writes_and_another_takes_over_when_it_dies_or_steps_down() {
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    let ns = "team-b";
+    let password = "pw-failover-5e0a";
+    let Some(bao) = vault_for(&api, ns, password) else {
+        return;
+    };
+    let site = Site::new(&api);
+    let flags = [format!("--vault-address={}", bao.addr)];
+    let lease_holder = || {
+        api.get(
+            "coordination.k8s.io",
+            "leases",
+            "kube-system",
+            "secrets-store-sync-controller",
+        )
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+    };
+    let mut a = site.start("ctl-a", &flags);
+    until("ctl-a to lead", Duration::from_secs(30), || {
+        (lease_holder()? == "ctl-a").then_some(())
+    });
+    let mut b = site.start("ctl-b", &flags);
+    until("ctl-b to wait", Duration::from_secs(30), || {
+        b.logs()
+            .contains("another replica is the leader")
+            .then_some(())
+    });
+    api.insert(
+        GROUP,
+        "secretsyncs",
+        secret_sync(
+            ns,
+            "one",
+            "app-sa",
+            "vault-app",
+            &[("password", "password")],
+        ),
+    );
+    until("Secret one", Duration::from_secs(30), || {
+        (secret_value(&api, ns, "one", "password")? == b64(password)).then_some(())
+    });
+    assert!(
+        !b.logs().contains("synced"),
+        "the waiting replica wrote nothing"
+    );
+    let version = api.get("", "secrets", ns, "one").unwrap()["metadata"]["resourceVersion"].clone();
+
+    // The leader dies without releasing the lease: the other takes over once it expires.
+    a.kill();
+    until("ctl-b to lead", Duration::from_secs(30), || {
+        (lease_holder()? == "ctl-b").then_some(())
+    });
+    api.insert(
+        GROUP,
+        "secretsyncs",
+        secret_sync(
+            ns,
+            "two",
+            "app-sa",
+            "vault-app",
+            &[("password", "password")],
+        ),
+    );
+    until("Secret two", Duration::from_secs(30), || {
+        (secret_value(&api, ns, "two", "password")? == b64(password)).then_some(())
+    });
+    // The new leader fetched "one" again, found the same hash (the shared key) and left it.
+    until("ctl-b to check one", Duration::from_secs(30), || {
+        b.logs().contains("secretsync=one").then_some(())
+    });
+    assert_eq!(
+        api.get("", "secrets", ns, "one").unwrap()["metadata"]["resourceVersion"],
+        version,
+        "a failover rewrites nothing"
+    );
+
+    // A restarted replica queues; the leader stepping down hands over at once.
+    a.restart();
+    until("ctl-a to wait", Duration::from_secs(30), || {
+        (a.logs().matches("another replica is the leader").count() >= 1).then_some(())
+    });
+    let handed_over = Instant::now();
+    assert!(b.terminate(), "a SIGTERM ends the leader cleanly");
+    assert!(b.logs().contains("released the lease"));
+    until("ctl-a to lead again", Duration::from_secs(30), || {
+        (lease_holder()? == "ctl-a").then_some(())
+    });
+    assert!(
+        handed_over.elapsed() < Duration::from_secs(4),
+        "a released lease is taken before it would have expired"
+    );
+    api.insert(
+        GROUP,
+        "secretsyncs",
+        secret_sync(
+            ns,
+            "three",
+            "app-sa",
+            "vault-app",
+            &[("password", "password")],
+        ),
+    );
+    until("Secret three", Duration::from_secs(30), || {
+        (secret_value(&api, ns, "three", "password")? == b64(password)).then_some(())
+    });
+    for logs in [a.logs(), b.logs()] {
+        assert!(!logs.contains(password));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_secret_syncs_of_one_service_account_share_one_login_and_one_read() {
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    let Some(moto) = support::moto::Moto::start().await else {
+        return;
+    };
+    let ns = "team-c";
+    let value = "aws-value-2b7f";
+    moto.create_secret("us-east-1", "prod/db", value).await;
+    moto.reset_calls();
+    api.insert(
+        "",
+        "serviceaccounts",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "app-sa", "namespace": ns,
+                            "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/app"}}}),
+    );
+    api.insert(
+        "secrets-store.csi.x-k8s.io",
+        "secretproviderclasses",
+        json!({
+            "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+            "kind": "SecretProviderClass",
+            "metadata": {"name": "aws-app", "namespace": ns},
+            "spec": {"provider": "aws", "parameters": {
+                "region": "us-east-1",
+                "objects": "- objectName: prod/db\n  objectType: secretsmanager\n  objectAlias: db\n",
+            }},
+        }),
+    );
+    let site = Site::new(&api);
+    let controller = site.start(
+        "ctl-aws",
+        &[
+            format!("--aws-endpoint-url={}", moto.url),
+            "--aws-region=us-east-1".to_owned(),
+        ],
+    );
+    let names = ["db-1", "db-2", "db-3", "db-4"];
+    for name in names {
+        api.insert(
+            GROUP,
+            "secretsyncs",
+            secret_sync(ns, name, "app-sa", "aws-app", &[("db", "value")]),
+        );
+    }
+    for name in names {
+        until(name, Duration::from_secs(60), || {
+            (secret_value(&api, ns, name, "value")? == b64(value)).then_some(())
+        });
+    }
+    assert_eq!(
+        moto.count("AssumeRoleWithWebIdentity"),
+        1,
+        "one login for one identity"
+    );
+    assert_eq!(
+        moto.count("GetSecretValue"),
+        1,
+        "one read shared by the four SecretSyncs"
+    );
+    assert!(!controller.logs().contains(value));
+}

@@ -1,0 +1,163 @@
+//! The real driver binary running `sync-controller` against a real API server, authenticated
+//! as the controller's ServiceAccount of `deploy/` (so with exactly its RBAC and admission
+//! policies), as the chart's Deployment runs it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::ApiServer;
+
+/// The controller's ServiceAccount in `deploy/`.
+pub const ACCOUNT: &str = "secrets-store-sync-controller";
+
+/// One controller replica; killed on drop.
+pub struct SyncController {
+    child: Option<Child>,
+    /// Its log file.
+    pub log: PathBuf,
+    /// Its lease identity.
+    pub name: String,
+    args: Vec<String>,
+}
+
+/// Where one test's controllers keep their kubeconfig, key and logs.
+pub struct Site {
+    /// The directory.
+    pub dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Site {
+    /// A directory with a kubeconfig of the controller's ServiceAccount and a shared key.
+    pub fn new(api: &ApiServer) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("controller.kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            api.service_account_kubeconfig("kube-system", ACCOUNT),
+        )
+        .unwrap();
+        // The key every replica shares, as the chart's Secret mounts it.
+        std::fs::write(dir.path().join("version.key"), [7u8; 32]).unwrap();
+        Self { dir, kubeconfig }
+    }
+
+    /// Starts a replica named `name` with the harness's flags and `extra` ones.
+    pub fn start(&self, name: &str, extra: &[String]) -> SyncController {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let mut args = vec![
+            "sync-controller".to_owned(),
+            format!("--kubeconfig={}", self.kubeconfig.display()),
+            "--token-request-audience=vault,sts.amazonaws.com".to_owned(),
+            "--leader-elect=true".to_owned(),
+            "--leader-election-namespace=kube-system".to_owned(),
+            "--leader-election-lease-duration=4s".to_owned(),
+            "--leader-election-renew-deadline=3s".to_owned(),
+            "--leader-election-retry-period=500ms".to_owned(),
+            format!("--pod-name={name}"),
+            "--pod-uid=00000000-0000-0000-0000-000000000001".to_owned(),
+            format!("--metrics-bind-address=127.0.0.1:{}", free()),
+            "--health-probe-bind-address=".to_owned(),
+            format!(
+                "--provider-volume={}",
+                self.dir.path().join("providers").display()
+            ),
+            "--additional-provider-volume-paths=".to_owned(),
+            format!(
+                "--version-key-file={}",
+                self.dir.path().join("version.key").display()
+            ),
+            "-v=5".to_owned(),
+        ];
+        args.extend(extra.iter().cloned());
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut controller = SyncController {
+            child: None,
+            log,
+            name: name.to_owned(),
+            args,
+        };
+        controller.spawn();
+        controller
+    }
+}
+
+impl SyncController {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(super::DRIVER)
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// Everything it logged so far (across restarts).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as an OOM kill or a lost node: no lease release.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, as a rollout: it releases the lease and exits; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts it again with the same flags.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for SyncController {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+            eprintln!("--- last lines of {}:", self.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
