@@ -539,9 +539,12 @@ fn deploy_is_the_charts_render_and_parses() {
     assert_eq!(pod_labels["app"], "secrets-store-sync-controller");
     let controller_args = args(container(controller, "sync-controller"));
     let cli = Cli::try_parse_from(
-        std::iter::once("secrets-store-csi-driver".to_owned()).chain(controller_args.iter().cloned()),
+        std::iter::once("secrets-store-csi-driver".to_owned())
+            .chain(controller_args.iter().cloned()),
     )
-    .unwrap_or_else(|e| panic!("the sync controller's args do not parse: {e}\n{controller_args:?}"));
+    .unwrap_or_else(|e| {
+        panic!("the sync controller's args do not parse: {e}\n{controller_args:?}")
+    });
     assert!(matches!(cli.command, Some(CliCommand::SyncController(_))));
     assert!(find(&docs, "Secret", "secrets-store-sync-controller-key").is_none());
     let ds = find(&docs, "DaemonSet", "csi-secrets-store").unwrap();

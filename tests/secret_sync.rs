@@ -8,8 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::openbao::{KubernetesAuth, OpenBao};
-use support::sync_controller::{ACCOUNT, Site};
+use support::sync_controller::{ACCOUNT, Site, secret_sync, vault_for};
 use support::{ApiServer, TestApi as _};
 
 const GROUP: &str = "secret-sync.x-k8s.io";
@@ -29,30 +28,6 @@ fn until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -
 fn b64(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
-}
-
-/// A SecretSync as upstream's README writes it.
-fn secret_sync(
-    namespace: &str,
-    name: &str,
-    account: &str,
-    class: &str,
-    pairs: &[(&str, &str)],
-) -> Value {
-    let data: Vec<Value> = pairs
-        .iter()
-        .map(|(source, target)| json!({"sourcePath": source, "targetKey": target}))
-        .collect();
-    json!({
-        "apiVersion": "secret-sync.x-k8s.io/v1alpha1",
-        "kind": "SecretSync",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "serviceAccountName": account,
-            "secretProviderClassName": class,
-            "secretObject": {"type": "Opaque", "data": data},
-        },
-    })
 }
 
 fn condition<'a>(ss: &'a Value, type_: &str) -> Option<&'a Value> {
@@ -91,49 +66,6 @@ fn warning_events(api: &ApiServer, namespace: &str, name: &str) -> Vec<Value> {
                 && e["type"] == "Warning"
         })
         .collect()
-}
-
-/// OpenBao with Kubernetes auth reviewing tokens at `api`, a KV secret `secret/app`, and a
-/// role `app` for `namespace/app-sa` only.
-fn vault_for(api: &ApiServer, namespace: &str, password: &str) -> Option<OpenBao> {
-    let bao = OpenBao::start()?;
-    bao.bao(&["kv", "put", "secret/app", &format!("password={password}")]);
-    bao.policy(
-        "app",
-        r#"path "secret/data/app" { capabilities = ["read"] }"#,
-    );
-    bao.enable_kubernetes_auth_in(
-        None,
-        &KubernetesAuth {
-            url: api.api_url().to_owned(),
-            ca_pem: api.ca_pem().to_owned(),
-            reviewer_jwt: api.reviewer_token(),
-        },
-    );
-    bao.kubernetes_role("app", namespace, "app-sa", "app");
-    for account in ["app-sa", "other-sa"] {
-        api.insert(
-            "",
-            "serviceaccounts",
-            json!({"apiVersion": "v1", "kind": "ServiceAccount",
-                   "metadata": {"name": account, "namespace": namespace}}),
-        );
-    }
-    api.insert(
-        "secrets-store.csi.x-k8s.io",
-        "secretproviderclasses",
-        json!({
-            "apiVersion": "secrets-store.csi.x-k8s.io/v1",
-            "kind": "SecretProviderClass",
-            "metadata": {"name": "vault-app", "namespace": namespace},
-            "spec": {"provider": "vault", "parameters": {
-                "vaultAddress": bao.addr,
-                "roleName": "app",
-                "objects": "- objectName: password\n  secretPath: secret/data/app\n  secretKey: password\n",
-            }},
-        }),
-    );
-    Some(bao)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,8 +328,18 @@ async fn a_secret_sync_creates_updates_rotates_and_cascades_with_the_workloads_i
         .await
         .unwrap_err();
     assert!(
-        refused.to_string().contains("not owned by the SecretSync"),
+        // Either policy may answer first: the new object or the old one is not a SecretSync's.
+        [
+            "not owned by the SecretSync",
+            "may only write Secrets owned by the SecretSync"
+        ]
+        .iter()
+        .any(|m| refused.to_string().contains(m)),
         "{refused}"
+    );
+    assert_eq!(
+        api.get("", "secrets", ns, "taken").unwrap()["data"],
+        json!({"keep": b64("mine")})
     );
     assert!(
         secrets
@@ -615,4 +557,179 @@ async fn aws_secret_syncs_of_one_service_account_share_one_login_and_one_read() 
         "one read shared by the four SecretSyncs"
     );
     assert!(!controller.logs().contains(value));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_example_secret_syncs_give_upstreams_outcomes_through_a_provider_plugin() {
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    let ns = "test-v1alpha1";
+    let site = Site::new(&api);
+    let providers = site.dir.path().join("providers");
+    std::fs::create_dir_all(&providers).unwrap();
+    // Upstream's e2e provider answers `foo` with "secret".
+    let plugin = support::provider::FakeProvider::start(
+        &providers,
+        "e2e-provider",
+        support::provider::Behaviour {
+            files: vec![("foo".to_owned(), 0o644, b"secret".to_vec())],
+            versions: vec![("foo".to_owned(), "v1".to_owned())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let spc = json!({
+        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+        "kind": "SecretProviderClass",
+        "metadata": {"name": "e2e-providerspc", "namespace": ns},
+        "spec": {"provider": "e2e-provider", "parameters": {
+            "objects": "array:\n  - |\n    objectName: foo\n    objectVersion: v1\n",
+        }},
+    });
+    api.insert("secrets-store.csi.x-k8s.io", "secretproviderclasses", spc);
+    // The namespace's default ServiceAccount is the controller-manager's to create.
+    until(
+        "the default ServiceAccount",
+        Duration::from_secs(60),
+        || api.get("", "serviceaccounts", ns, "default"),
+    );
+    let _controller = site.start("ctl-e2e", &[]);
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/upstream/secretsyncs.yaml"),
+    )
+    .unwrap();
+    let examples: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let example = |name: &str| {
+        let mut object = examples
+            .iter()
+            .find(|e| e["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no example {name}"))
+            .clone();
+        object["metadata"]["namespace"] = json!(ns);
+        object
+    };
+    let create = |object: Value| {
+        let request = http::Request::post(format!(
+            "/apis/secret-sync.x-k8s.io/v1alpha1/namespaces/{}/secretsyncs",
+            object["metadata"]["namespace"].as_str().unwrap()
+        ))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&object).unwrap())
+        .unwrap();
+        let client = api.client();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(client.request::<Value>(request))
+        })
+    };
+
+    // The README's: the Secret with the provider's value, one owner; collected with it.
+    create(example("sse2esecret")).unwrap();
+    until("sse2esecret", Duration::from_secs(60), || {
+        (secret_value(&api, ns, "sse2esecret", "bar")? == b64("secret")).then_some(())
+    });
+    let secret = api.get("", "secrets", ns, "sse2esecret").unwrap();
+    assert_eq!(
+        secret["metadata"]["ownerReferences"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["apiVersion"],
+        "secret-sync.x-k8s.io/v1alpha1"
+    );
+    // The plugin was asked as the workload: its namespace, account and tokens.
+    let call = plugin.calls().pop().unwrap();
+    assert_eq!(call.attributes["csi.storage.k8s.io/pod.namespace"], ns);
+    assert_eq!(
+        call.attributes["csi.storage.k8s.io/serviceAccount.name"],
+        "default"
+    );
+    let tokens: Value = serde_json::from_str(
+        call.attributes["csi.storage.k8s.io/serviceAccount.tokens"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        tokens["vault"]["token"].is_string() && tokens["sts.amazonaws.com"]["token"].is_string()
+    );
+    api.delete(GROUP, "secretsyncs", ns, "sse2esecret");
+    until("sse2esecret collected", Duration::from_secs(60), || {
+        api.get("", "secrets", ns, "sse2esecret")
+            .is_none()
+            .then_some(())
+    });
+
+    // Refused by the admission policies or the Secret's own validation: ControllerPatchError.
+    for (name, says) in [
+        (
+            "my-custom-api-secret",
+            "may not write Secrets of type example.com/api-credentials",
+        ),
+        (
+            "sse2eserviceaccountsecret",
+            "may not write Secrets of type kubernetes.io/service-account-token",
+        ),
+        (
+            "sse2einvalidannotationssecret",
+            "metadata.annotations: Invalid value",
+        ),
+        ("sse2einvalidlabelsecret", "metadata.labels: Invalid value"),
+    ] {
+        create(example(name)).unwrap();
+        let ss = wait_reason(&api, ns, name, "SecretCreated", "ControllerPatchError");
+        let message = condition(&ss, "SecretCreated").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            message.starts_with(&format!("failed to patch secret \"{name}\"")),
+            "{message}"
+        );
+        assert!(message.contains(says), "{name}: {message}");
+        assert!(api.get("", "secrets", ns, name).is_none());
+    }
+
+    // Refused by the CRD's own rules, with upstream's message.
+    let refused = create(example("sse2einvalidlabelvaluesecret")).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("label values must not exceed 63 characters"),
+        "{refused}"
+    );
+
+    // The class in another namespace is not found from this one.
+    let mut elsewhere = example("sse2esecret");
+    elsewhere["metadata"]["namespace"] = json!("ss-namespace");
+    api.insert(
+        "",
+        "namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ss-namespace"}}),
+    );
+    until(
+        "the default ServiceAccount",
+        Duration::from_secs(60),
+        || api.get("", "serviceaccounts", "ss-namespace", "default"),
+    );
+    create(elsewhere).unwrap();
+    let ss = wait_reason(
+        &api,
+        "ss-namespace",
+        "sse2esecret",
+        "SecretCreated",
+        "SecretProviderClassMisconfigured",
+    );
+    let message = condition(&ss, "SecretCreated").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.starts_with("failed to get SecretProviderClass \"e2e-providerspc\""),
+        "{message}"
+    );
 }

@@ -75,6 +75,8 @@ const MAX_SECRET_BYTES: usize = 1024 * 1024;
 /// Retry delays after a failure: doubled from the first up to the last.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// The most a rotation's shared read may predate the rotation.
+const MAX_SHARING_SLACK: Duration = Duration::from_secs(60);
 
 /// What the controller serves and how.
 #[derive(Debug, Clone)]
@@ -103,7 +105,19 @@ struct Synced {
     generation: i64,
     /// When the next fetch is due, and whether the last one failed (then: how many times).
     due: Instant,
+    /// How long before `due` a shared read may have begun.
+    slack: Duration,
     failures: u32,
+}
+
+/// A sync that happened.
+#[derive(Debug)]
+struct Done {
+    written: Written,
+    hash: String,
+    /// When to fetch again; `None` never.
+    interval: Option<Duration>,
+    provider: String,
 }
 
 /// A sync that did not happen, with upstream's condition reason.
@@ -251,9 +265,12 @@ impl Controller {
             Some(state) if state.generation == generation && state.due > now => {
                 return Ok(Action::requeue(state.due - now));
             }
-            // Due by the interval: any read that began after it was due is fresh enough,
-            // so that SecretSyncs due together share their reads.
-            Some(state) if state.generation == generation && state.failures == 0 => Some(state.due),
+            // Due by the interval: a read that began at most a tenth of the interval (a
+            // minute at most) before it was due is fresh enough, so that SecretSyncs of one
+            // identity created together keep sharing their reads on every rotation.
+            Some(state) if state.generation == generation && state.failures == 0 => {
+                Some(state.due.checked_sub(state.slack).unwrap_or(state.due))
+            }
             // A spec change or forceSynchronization: only a read from now on.
             Some(_) => Some(now),
             // Not seen by this process (a start or a failover): the status tells.
@@ -271,9 +288,14 @@ impl Controller {
         let mut next = status.clone();
         init_conditions(&mut next, generation);
         let (interval, failures) = match outcome {
-            Ok((written, hash, interval)) => {
-                if written != Written::Unchanged || hash != status.sync_hash {
-                    self.metrics.secret_synced("secretsync");
+            Ok(Done {
+                written,
+                hash,
+                interval,
+                provider,
+            }) => {
+                if written != Written::Unchanged {
+                    self.metrics.secret_synced(&provider);
                 }
                 if hash != status.sync_hash || written != Written::Unchanged || failed(&status) {
                     if condition_type == CONDITION_CREATE {
@@ -347,6 +369,7 @@ impl Controller {
             Synced {
                 generation,
                 due: Instant::now() + interval.unwrap_or(Duration::from_secs(86_400 * 365)),
+                slack: interval.map_or(Duration::ZERO, |i| (i / 10).min(MAX_SHARING_SLACK)),
                 failures,
             },
         );
@@ -361,7 +384,7 @@ impl Controller {
         namespace: &str,
         uid: &str,
         fresh_since: Option<Instant>,
-    ) -> Result<(Written, String, Option<Duration>), Failure> {
+    ) -> Result<Done, Failure> {
         let spec = &ss.spec;
         let object = &spec.secret_object;
         if let Some(key) = object
@@ -449,8 +472,14 @@ impl Controller {
         let data = secret_data(ss, class_name, &answer.files)?;
         let hash = self.hash(ss, uid, &class.revision, &data);
         let status_hash = ss.status.as_ref().map(|s| s.sync_hash.as_str());
+        let done = |written| Done {
+            written,
+            hash: hash.clone(),
+            interval,
+            provider: provider_name.to_owned(),
+        };
         if status_hash == Some(hash.as_str()) && !ss.status.as_ref().is_some_and(failed) {
-            return Ok((Written::Unchanged, hash, interval));
+            return Ok(done(Written::Unchanged));
         }
         let mut labels = object.labels.clone();
         labels.insert(SECRET_SYNC_LABEL.to_owned(), ss.name_any());
@@ -472,7 +501,7 @@ impl Controller {
             },
         };
         let written = write::write(&self.client, &desired).await?;
-        Ok((written, hash, interval))
+        Ok(done(written))
     }
 
     /// A keyed hash of the Secret's data and what it was built from, as upstream's syncHash:

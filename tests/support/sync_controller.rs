@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::ApiServer;
+use serde_json::{Value, json};
+
+use super::openbao::{KubernetesAuth, OpenBao};
+use super::{ApiServer, TestApi as _};
 
 /// The controller's ServiceAccount in `deploy/`.
 pub const ACCOUNT: &str = "secrets-store-sync-controller";
@@ -141,6 +144,17 @@ impl SyncController {
         }
     }
 
+    /// Its resident set size, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
     /// Starts it again with the same flags.
     pub fn restart(&mut self) {
         self.kill();
@@ -160,4 +174,71 @@ impl Drop for SyncController {
             }
         }
     }
+}
+
+/// A SecretSync as upstream's README writes it.
+pub fn secret_sync(
+    namespace: &str,
+    name: &str,
+    account: &str,
+    class: &str,
+    pairs: &[(&str, &str)],
+) -> Value {
+    let data: Vec<Value> = pairs
+        .iter()
+        .map(|(source, target)| json!({"sourcePath": source, "targetKey": target}))
+        .collect();
+    json!({
+        "apiVersion": "secret-sync.x-k8s.io/v1alpha1",
+        "kind": "SecretSync",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "serviceAccountName": account,
+            "secretProviderClassName": class,
+            "secretObject": {"type": "Opaque", "data": data},
+        },
+    })
+}
+
+/// OpenBao with Kubernetes auth reviewing tokens at `api`, a KV secret `secret/app`, and a
+/// role `app` for `namespace/app-sa` only.
+pub fn vault_for(api: &ApiServer, namespace: &str, password: &str) -> Option<OpenBao> {
+    let bao = OpenBao::start()?;
+    bao.bao(&["kv", "put", "secret/app", &format!("password={password}")]);
+    bao.policy(
+        "app",
+        r#"path "secret/data/app" { capabilities = ["read"] }"#,
+    );
+    bao.enable_kubernetes_auth_in(
+        None,
+        &KubernetesAuth {
+            url: api.api_url().to_owned(),
+            ca_pem: api.ca_pem().to_owned(),
+            reviewer_jwt: api.reviewer_token(),
+        },
+    );
+    bao.kubernetes_role("app", namespace, "app-sa", "app");
+    for account in ["app-sa", "other-sa"] {
+        api.insert(
+            "",
+            "serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": account, "namespace": namespace}}),
+        );
+    }
+    api.insert(
+        "secrets-store.csi.x-k8s.io",
+        "secretproviderclasses",
+        json!({
+            "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+            "kind": "SecretProviderClass",
+            "metadata": {"name": "vault-app", "namespace": namespace},
+            "spec": {"provider": "vault", "parameters": {
+                "vaultAddress": bao.addr,
+                "roleName": "app",
+                "objects": "- objectName: password\n  secretPath: secret/data/app\n  secretKey: password\n",
+            }},
+        }),
+    );
+    Some(bao)
 }
