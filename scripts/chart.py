@@ -48,15 +48,23 @@ def documents(text):
     return [d.strip("\n") for d in re.split(r"^---\s*$", text, flags=re.M) if d.strip()]
 
 
+def deploy_name(name):
+    """The SecretSync controller's files go to deploy/sync-controller/, so that `kubectl apply
+    -f deploy/` installs what upstream's static manifests install and nothing more."""
+    if name.startswith("sync-controller") or name == "secretsyncs.yaml":
+        return f"sync-controller/{name}"
+    return name
+
+
 def deploy_files():
     files = {}
     for path, text in sorted(render(DEPLOY_VALUES).items()):
         docs = [HELM_ONLY_LABELS.sub("", d) for d in documents(text)]
         if docs:
             name = pathlib.Path(path).name
-            files[name] = HEADER + "\n---\n".join(docs) + "\n"
+            files[deploy_name(name)] = HEADER + "\n---\n".join(docs) + "\n"
     for crd in sorted((CHART / "crds").glob("*.yaml")):
-        files[crd.name] = crd.read_text()
+        files[deploy_name(crd.name)] = crd.read_text()
     return files
 
 
@@ -75,7 +83,11 @@ def main(argv):
         return 1 if report["errors"] or any(m["severity"] >= 2 for m in report["messages"]) else 0
     if command == "deploy":
         wanted = deploy_files()
-        present = {p.name: p.read_text() for p in DEPLOY.glob("*.yaml")} if DEPLOY.exists() else {}
+        present = (
+            {str(p.relative_to(DEPLOY)): p.read_text() for p in DEPLOY.glob("**/*.yaml")}
+            if DEPLOY.exists()
+            else {}
+        )
         if "--check" in argv:
             stale = sorted(n for n in set(wanted) | set(present) if wanted.get(n) != present.get(n))
             for name in stale:
@@ -85,6 +97,7 @@ def main(argv):
         for name in set(present) - set(wanted):
             (DEPLOY / name).unlink()
         for name, text in wanted.items():
+            (DEPLOY / name).parent.mkdir(exist_ok=True)
             (DEPLOY / name).write_text(text)
         return 0
     print(__doc__, file=sys.stderr)

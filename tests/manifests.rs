@@ -26,7 +26,12 @@ fn yaml_documents(text: &str) -> Vec<Value> {
 #[test]
 fn committed_crds_are_the_ones_generated_from_the_types() {
     for (name, yaml) in secrets_store_csi_driver::crd::crd_files() {
-        for dir in [format!("{CHART}/crds"), "deploy".to_owned()] {
+        let deploy = if name == "secretsyncs.yaml" {
+            "deploy/sync-controller"
+        } else {
+            "deploy"
+        };
+        for dir in [format!("{CHART}/crds"), deploy.to_owned()] {
             let path = root().join(&dir).join(&name);
             let committed = std::fs::read_to_string(&path).unwrap_or_default();
             assert!(
@@ -492,8 +497,12 @@ fn chart_values_reach_the_csidriver_rbac_and_driver_flags() {
 fn deploy_is_the_charts_render_and_parses() {
     let mut kinds = Vec::new();
     let mut docs = Vec::new();
-    for entry in std::fs::read_dir(root().join("deploy")).unwrap() {
-        let path = entry.unwrap().path();
+    let files = std::fs::read_dir(root().join("deploy"))
+        .unwrap()
+        .chain(std::fs::read_dir(root().join("deploy/sync-controller")).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| !path.is_dir());
+    for path in files {
         assert_eq!(path.extension().unwrap(), "yaml", "{}", path.display());
         for doc in yaml_documents(&std::fs::read_to_string(&path).unwrap()) {
             for field in ["apiVersion", "kind"] {

@@ -708,9 +708,9 @@ fn deploy_files() -> Vec<PathBuf> {
         "roles-aggregated.yaml",
         // The sync controller's CRD, identity, RBAC and admission policies (the harness runs
         // the controller itself, as the Deployment would).
-        "secretsyncs.yaml",
-        "sync-controller-rbac.yaml",
-        "sync-controller-policies.yaml",
+        "sync-controller/secretsyncs.yaml",
+        "sync-controller/sync-controller-rbac.yaml",
+        "sync-controller/sync-controller-policies.yaml",
     ]
     .iter()
     .map(|name| deploy.join(name))
