@@ -111,23 +111,12 @@ pub struct SyncControllerArgs {
     /// Kubeconfig file; in-cluster configuration is used without it.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Built-in providers (comma-separated); a name left out is looked up as a plugin socket.
-    #[arg(
-        long,
-        env = "BUILTIN_PROVIDERS",
-        value_delimiter = ',',
-        default_value = "vault,aws"
-    )]
-    pub builtin_providers: Vec<String>,
     /// Provider sockets and limits (`--provider-volume` as upstream's controller).
     #[command(flatten)]
     pub providers: ProviderArgs,
-    /// Vault settings.
+    /// The built-in providers and their settings.
     #[command(flatten)]
-    pub vault: VaultArgs,
-    /// AWS settings.
-    #[command(flatten)]
-    pub aws: AwsArgs,
+    pub builtins: BuiltinArgs,
     /// The key of object versions and of `status.syncHash`: shared by every replica (a
     /// mounted Secret) so that a failover rewrites nothing.
     #[command(flatten)]
@@ -227,6 +216,26 @@ pub struct AwsArgs {
     /// Workload identities whose AWS credentials (and shared reads) are kept.
     #[arg(long, env = "AWS_CACHE_SIZE", default_value_t = 1000)]
     pub aws_cache_size: usize,
+}
+
+/// Which built-in providers run in-process, and their settings.
+#[derive(Debug, Clone, Args)]
+pub struct BuiltinArgs {
+    /// Built-in providers to serve in-process (comma-separated). A name left out is looked up
+    /// as a plugin socket instead, e.g. to keep running vault-csi-provider.
+    #[arg(
+        long,
+        env = "BUILTIN_PROVIDERS",
+        value_delimiter = ',',
+        default_value = "vault,aws"
+    )]
+    pub builtin_providers: Vec<String>,
+    /// Vault settings.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// AWS settings.
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// Where built-in providers keep the key of their object versions.
@@ -389,21 +398,9 @@ pub struct NodeArgs {
     /// Kubeconfig file; in-cluster configuration is used without it.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Built-in providers to serve in-process (comma-separated). A name left out is looked up
-    /// as a plugin socket instead, e.g. to keep running vault-csi-provider.
-    #[arg(
-        long,
-        env = "BUILTIN_PROVIDERS",
-        value_delimiter = ',',
-        default_value = "vault,aws"
-    )]
-    pub builtin_providers: Vec<String>,
-    /// Vault settings.
+    /// The built-in providers and their settings.
     #[command(flatten)]
-    pub vault: VaultArgs,
-    /// AWS settings.
-    #[command(flatten)]
-    pub aws: AwsArgs,
+    pub builtins: BuiltinArgs,
     /// Object version key.
     #[command(flatten)]
     pub version_key: VersionKeyArgs,

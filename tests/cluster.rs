@@ -539,11 +539,7 @@ async fn vault_logs_in_with_the_token_kubelet_requested_through_the_real_token_r
     .await;
     let reviewer = cluster::service_account_token(&client, &ns, "vault-reviewer").await;
     let password = format!("vault-password-{ns}");
-    bao.bao(&["kv", "put", "secret/app", &format!("password={password}")]);
-    bao.policy(
-        "app",
-        r#"path "secret/data/app" { capabilities = ["read"] }"#,
-    );
+    bao.app_secret(&password);
     bao.enable_kubernetes_auth_in(
         None,
         &support::openbao::KubernetesAuth {

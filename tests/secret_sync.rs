@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::sync_controller::{ACCOUNT, Site, secret_sync, vault_for};
+use support::sync_controller::{ACCOUNT, Site, provider_class, secret_sync, vault_for};
 use support::{ApiServer, TestApi as _};
 
 const GROUP: &str = "secret-sync.x-k8s.io";
@@ -48,6 +48,34 @@ fn wait_reason(api: &ApiServer, namespace: &str, name: &str, type_: &str, reason
             (condition(&ss, type_)?["reason"] == reason).then_some(ss)
         },
     )
+}
+
+/// Creates a SecretSync of `account` mapping `password` from `class`, waits for its
+/// `SecretCreated` condition to fail with `reason`, and returns the condition's message.
+fn create_failing(
+    api: &ApiServer,
+    namespace: &str,
+    name: &str,
+    account: &str,
+    class: &str,
+    reason: &str,
+) -> String {
+    api.insert(
+        GROUP,
+        "secretsyncs",
+        secret_sync(namespace, name, account, class, &[("password", "password")]),
+    );
+    failure_message(api, namespace, name, reason)
+}
+
+/// The message of `SecretCreated` once it has failed with `reason`.
+fn failure_message(api: &ApiServer, namespace: &str, name: &str, reason: &str) -> String {
+    let ss = wait_reason(api, namespace, name, "SecretCreated", reason);
+    assert_eq!(condition(&ss, "SecretCreated").unwrap()["status"], "False");
+    condition(&ss, "SecretCreated").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn secret_value(api: &ApiServer, namespace: &str, name: &str, key: &str) -> Option<String> {
@@ -165,6 +193,12 @@ async fn a_secret_sync_creates_updates_rotates_and_cascades_with_the_workloads_i
         first_sync
     );
 
+    // A deleted Secret is put back at the next poll.
+    api.delete("", "secrets", ns, "app-secret");
+    until("the Secret put back", Duration::from_secs(30), || {
+        (secret_value(&api, ns, "app-secret", "password")? == b64(values[1])).then_some(())
+    });
+
     // A class interval of an hour stops polling; forceSynchronization fetches anyway.
     api.patch(
         "secrets-store.csi.x-k8s.io",
@@ -206,22 +240,14 @@ async fn a_secret_sync_creates_updates_rotates_and_cascades_with_the_workloads_i
                "metadata": {"name": "taken", "namespace": ns},
                "data": {"keep": b64("mine")}}),
     );
-    api.insert(
-        GROUP,
-        "secretsyncs",
-        secret_sync(
-            ns,
-            "taken",
-            "app-sa",
-            "vault-app",
-            &[("password", "password")],
-        ),
+    let message = create_failing(
+        &api,
+        ns,
+        "taken",
+        "app-sa",
+        "vault-app",
+        "ControllerPatchError",
     );
-    let ss = wait_reason(&api, ns, "taken", "SecretCreated", "ControllerPatchError");
-    let message = condition(&ss, "SecretCreated").unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     assert!(
         message.contains("not owned by this SecretSync"),
         "{message}"
@@ -237,22 +263,7 @@ async fn a_secret_sync_creates_updates_rotates_and_cascades_with_the_workloads_i
     });
 
     // A service account Vault's role does not allow: a condition and an Event, no Secret.
-    api.insert(
-        GROUP,
-        "secretsyncs",
-        secret_sync(
-            ns,
-            "denied",
-            "other-sa",
-            "vault-app",
-            &[("password", "password")],
-        ),
-    );
-    let ss = wait_reason(&api, ns, "denied", "SecretCreated", "ProviderError");
-    let message = condition(&ss, "SecretCreated").unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let message = create_failing(&api, ns, "denied", "other-sa", "vault-app", "ProviderError");
     assert!(
         message.starts_with("fetching secrets from the provider failed"),
         "{message}"
@@ -266,31 +277,15 @@ async fn a_secret_sync_creates_updates_rotates_and_cascades_with_the_workloads_i
     });
 
     // A missing class names itself.
-    api.insert(
-        GROUP,
-        "secretsyncs",
-        secret_sync(
-            ns,
-            "no-class",
-            "app-sa",
-            "absent",
-            &[("password", "password")],
-        ),
-    );
-    let ss = wait_reason(
+    let message = create_failing(
         &api,
         ns,
         "no-class",
-        "SecretCreated",
+        "app-sa",
+        "absent",
         "SecretProviderClassMisconfigured",
     );
-    assert!(
-        condition(&ss, "SecretCreated").unwrap()["message"]
-            .as_str()
-            .unwrap()
-            .contains("\"absent\""),
-        "{ss}"
-    );
+    assert!(message.contains("\"absent\""), "{message}");
 
     // The admission policies: the controller's identity cannot mint a token the API server
     // would accept, change a Secret that is not a SecretSync's, or delete one.
@@ -515,15 +510,15 @@ async fn aws_secret_syncs_of_one_service_account_share_one_login_and_one_read() 
     api.insert(
         "secrets-store.csi.x-k8s.io",
         "secretproviderclasses",
-        json!({
-            "apiVersion": "secrets-store.csi.x-k8s.io/v1",
-            "kind": "SecretProviderClass",
-            "metadata": {"name": "aws-app", "namespace": ns},
-            "spec": {"provider": "aws", "parameters": {
+        provider_class(
+            ns,
+            "aws-app",
+            "aws",
+            json!({
                 "region": "us-east-1",
                 "objects": "- objectName: prod/db\n  objectType: secretsmanager\n  objectAlias: db\n",
-            }},
-        }),
+            }),
+        ),
     );
     let site = Site::new(&api);
     let controller = site.start(
@@ -579,14 +574,14 @@ async fn upstreams_example_secret_syncs_give_upstreams_outcomes_through_a_provid
         },
     )
     .await;
-    let spc = json!({
-        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
-        "kind": "SecretProviderClass",
-        "metadata": {"name": "e2e-providerspc", "namespace": ns},
-        "spec": {"provider": "e2e-provider", "parameters": {
+    let spc = provider_class(
+        ns,
+        "e2e-providerspc",
+        "e2e-provider",
+        json!({
             "objects": "array:\n  - |\n    objectName: foo\n    objectVersion: v1\n",
-        }},
-    });
+        }),
+    );
     api.insert("secrets-store.csi.x-k8s.io", "secretproviderclasses", spc);
     // The namespace's default ServiceAccount is the controller-manager's to create.
     until(
@@ -681,11 +676,7 @@ async fn upstreams_example_secret_syncs_give_upstreams_outcomes_through_a_provid
         ("sse2einvalidlabelsecret", "metadata.labels: Invalid value"),
     ] {
         create(example(name)).unwrap();
-        let ss = wait_reason(&api, ns, name, "SecretCreated", "ControllerPatchError");
-        let message = condition(&ss, "SecretCreated").unwrap()["message"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let message = failure_message(&api, ns, name, "ControllerPatchError");
         assert!(
             message.starts_with(&format!("failed to patch secret \"{name}\"")),
             "{message}"
@@ -717,17 +708,12 @@ async fn upstreams_example_secret_syncs_give_upstreams_outcomes_through_a_provid
         || api.get("", "serviceaccounts", "ss-namespace", "default"),
     );
     create(elsewhere).unwrap();
-    let ss = wait_reason(
+    let message = failure_message(
         &api,
         "ss-namespace",
         "sse2esecret",
-        "SecretCreated",
         "SecretProviderClassMisconfigured",
     );
-    let message = condition(&ss, "SecretCreated").unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     assert!(
         message.starts_with("failed to get SecretProviderClass \"e2e-providerspc\""),
         "{message}"

@@ -50,8 +50,8 @@ pub(super) async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     )));
 
     let builtins = Builtins {
-        vault: &args.vault,
-        aws: &args.aws,
+        vault: &args.builtins.vault,
+        aws: &args.builtins.aws,
         key,
         site: Site::Node {
             kubelet_root: kubelet_root.path().to_owned(),
@@ -59,7 +59,8 @@ pub(super) async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             node_name: Some(args.nodeid.clone()),
         },
     };
-    let providers = builtins.register(registry(&args.providers), &args.builtin_providers)?;
+    let providers =
+        builtins.register(registry(&args.providers), &args.builtins.builtin_providers)?;
     let providers = match &args.local_provider_root {
         Some(root) => {
             let root = root

@@ -40,8 +40,8 @@ pub(super) async fn run_sync_controller(args: SyncControllerArgs) -> anyhow::Res
         );
     }
     let builtins = Builtins {
-        vault: &args.vault,
-        aws: &args.aws,
+        vault: &args.builtins.vault,
+        aws: &args.builtins.aws,
         key: version_key(args.version_key.version_key_file.as_deref()),
         site: Site::Node {
             kubelet_root: PathBuf::from("/var/lib/kubelet"),
@@ -50,7 +50,7 @@ pub(super) async fn run_sync_controller(args: SyncControllerArgs) -> anyhow::Res
         },
     };
     let providers = builtins
-        .register(registry(&args.providers), &args.builtin_providers)?
+        .register(registry(&args.providers), &args.builtins.builtin_providers)?
         .with_disabled(
             local::NAME,
             "the local provider reads node files and is not served by the sync controller",

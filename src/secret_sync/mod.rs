@@ -471,16 +471,8 @@ impl Controller {
             .map_err(Failure::Provider)?;
         let data = secret_data(ss, class_name, &answer.files)?;
         let hash = self.hash(ss, uid, &class.revision, &data);
-        let status_hash = ss.status.as_ref().map(|s| s.sync_hash.as_str());
-        let done = |written| Done {
-            written,
-            hash: hash.clone(),
-            interval,
-            provider: provider_name.to_owned(),
-        };
-        if status_hash == Some(hash.as_str()) && !ss.status.as_ref().is_some_and(failed) {
-            return Ok(done(Written::Unchanged));
-        }
+        // Written even when the hash is unchanged: a Secret deleted or edited since is put
+        // back (a Secret already as desired costs one patch that changes nothing).
         let mut labels = object.labels.clone();
         labels.insert(SECRET_SYNC_LABEL.to_owned(), ss.name_any());
         labels.insert(CONTROLLER_LABEL.to_owned(), String::new());
@@ -501,7 +493,12 @@ impl Controller {
             },
         };
         let written = write::write(&self.client, &desired).await?;
-        Ok(done(written))
+        Ok(Done {
+            written,
+            hash,
+            interval,
+            provider: provider_name.to_owned(),
+        })
     }
 
     /// A keyed hash of the Secret's data and what it was built from, as upstream's syncHash:
@@ -583,7 +580,7 @@ fn secret_data(
     Ok(data)
 }
 
-/// Whether the last attempt failed (upstream retries the write then, even with the same hash).
+/// Whether the last attempt failed: a success then sets the conditions again.
 fn failed(status: &SecretSyncStatus) -> bool {
     status.conditions.iter().any(|c| c.status == "False")
 }

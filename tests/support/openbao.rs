@@ -181,6 +181,15 @@ impl OpenBao {
         self.bao_in(None, args)
     }
 
+    /// The KV secret `secret/app` holding `password`, and the policy `app` that reads it.
+    pub fn app_secret(&self, password: &str) {
+        self.bao(&["kv", "put", "secret/app", &format!("password={password}")]);
+        self.policy(
+            "app",
+            r#"path "secret/data/app" { capabilities = ["read"] }"#,
+        );
+    }
+
     /// Writes `policy` (HCL) under `name`.
     pub fn policy(&self, name: &str, policy: &str) {
         let file = self.dir.path().join(format!("{name}.hcl"));

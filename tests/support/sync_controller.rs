@@ -200,15 +200,21 @@ pub fn secret_sync(
     })
 }
 
+/// A SecretProviderClass.
+pub fn provider_class(namespace: &str, name: &str, provider: &str, parameters: Value) -> Value {
+    json!({
+        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+        "kind": "SecretProviderClass",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"provider": provider, "parameters": parameters},
+    })
+}
+
 /// OpenBao with Kubernetes auth reviewing tokens at `api`, a KV secret `secret/app`, and a
 /// role `app` for `namespace/app-sa` only.
 pub fn vault_for(api: &ApiServer, namespace: &str, password: &str) -> Option<OpenBao> {
     let bao = OpenBao::start()?;
-    bao.bao(&["kv", "put", "secret/app", &format!("password={password}")]);
-    bao.policy(
-        "app",
-        r#"path "secret/data/app" { capabilities = ["read"] }"#,
-    );
+    bao.app_secret(password);
     bao.enable_kubernetes_auth_in(
         None,
         &KubernetesAuth {
@@ -229,16 +235,16 @@ pub fn vault_for(api: &ApiServer, namespace: &str, password: &str) -> Option<Ope
     api.insert(
         "secrets-store.csi.x-k8s.io",
         "secretproviderclasses",
-        json!({
-            "apiVersion": "secrets-store.csi.x-k8s.io/v1",
-            "kind": "SecretProviderClass",
-            "metadata": {"name": "vault-app", "namespace": namespace},
-            "spec": {"provider": "vault", "parameters": {
+        provider_class(
+            namespace,
+            "vault-app",
+            "vault",
+            json!({
                 "vaultAddress": bao.addr,
                 "roleName": "app",
                 "objects": "- objectName: password\n  secretPath: secret/data/app\n  secretKey: password\n",
-            }},
-        }),
+            }),
+        ),
     );
     Some(bao)
 }
