@@ -594,3 +594,79 @@ fn deploy_is_the_charts_render_and_parses() {
         );
     }
 }
+
+#[test]
+fn sync_controller_values_reach_its_flags_rbac_and_policies() {
+    let Some(python) = helm_python() else { return };
+    let off = render(&python, &json!({}));
+    assert!(find(&off, "Deployment", "secrets-store-sync-controller").is_none());
+    let docs = render(
+        &python,
+        &json!({"syncController": {
+            "enabled": true,
+            "tokenRequestAudience": [{"audience": "custom"}],
+            "rotationPollInterval": "1h",
+            "validatingAdmissionPolicies": {"namespaceSelector": {"matchLabels": {"sync": "on"}}},
+        }}),
+    );
+    let deployment = find(&docs, "Deployment", "secrets-store-sync-controller").unwrap();
+    let flags = args(container(deployment, "sync-controller"));
+    assert!(
+        flags.contains(&"--token-request-audience=custom".to_owned()),
+        "{flags:?}"
+    );
+    assert!(
+        flags.contains(&"--rotation-poll-interval=1h".to_owned()),
+        "{flags:?}"
+    );
+    assert!(
+        flags.contains(&"--leader-elect=true".to_owned()),
+        "{flags:?}"
+    );
+    let token = find(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "secrets-store-sync-controller-token",
+    )
+    .unwrap();
+    assert!(token.to_string().contains("['custom']"), "{token}");
+    let binding = find(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "secrets-store-sync-controller-secret-owner",
+    )
+    .unwrap();
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["sync"],
+        "on"
+    );
+    // Least privilege: Secrets only created and patched, never read, listed or deleted.
+    let role = find(&docs, "ClusterRole", "secrets-store-sync-controller").unwrap();
+    let secret_verbs: Vec<&str> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x == "secrets")
+        })
+        .flat_map(|r| {
+            r["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(secret_verbs, ["create", "patch"]);
+    // The key Secret is random and Helm keeps it.
+    let key = find(&docs, "Secret", "secrets-store-sync-controller-key").unwrap();
+    assert_eq!(
+        key["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    assert!(key["data"]["version.key"].as_str().unwrap().len() >= 44);
+}
