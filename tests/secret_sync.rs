@@ -232,6 +232,49 @@ async fn a_secret_sync_creates_updates_rotates_and_cascades_with_the_workloads_i
         (secret_value(&api, ns, "app-secret", "password")? == b64(values[2])).then_some(())
     });
 
+    // An edited class applies at once, whatever the interval: with the object renamed, the
+    // SecretSync's sourcePath names nothing; the Secret keeps its value.
+    let objects = |name: &str| {
+        json!({"spec": {"parameters": {"objects": format!(
+            "- objectName: {name}\n  secretPath: secret/data/app\n  secretKey: password\n"
+        )}}})
+    };
+    let spc_group = "secrets-store.csi.x-k8s.io";
+    api.patch(
+        spc_group,
+        "secretproviderclasses",
+        ns,
+        "vault-app",
+        &objects("renamed"),
+    );
+    let ss = wait_reason(
+        &api,
+        ns,
+        "app-secret",
+        "SecretUpdated",
+        "RemoteSecretStoreFetchFailed",
+    );
+    let message = condition(&ss, "SecretUpdated").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("sourcePath \"password\"") && message.contains("it has: renamed"),
+        "{message}"
+    );
+    assert_eq!(
+        secret_value(&api, ns, "app-secret", "password").unwrap(),
+        b64(values[2])
+    );
+    api.patch(
+        spc_group,
+        "secretproviderclasses",
+        ns,
+        "vault-app",
+        &objects("password"),
+    );
+    wait_reason(&api, ns, "app-secret", "SecretUpdated", "SecretUpToDate");
+
     // A Secret the controller did not create is left alone.
     api.insert(
         "",

@@ -19,15 +19,18 @@ use futures::StreamExt as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, predicates, watcher};
 use kube::{Api, Resource as _, ResourceExt as _};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::class::{self, ClassError, ClassSource};
-use crate::crd::{RESERVED_PREFIX, SecretSync, SecretSyncStatus, SyncCondition};
+use crate::crd::{
+    RESERVED_PREFIX, SecretProviderClass, SecretSync, SecretSyncStatus, SyncCondition,
+};
 use crate::error::kube_message;
 use crate::events::{PodRef, Recorder, Severity};
 use crate::lock::lock;
@@ -75,6 +78,8 @@ const MAX_SECRET_BYTES: usize = 1024 * 1024;
 /// Retry delays after a failure: doubled from the first up to the last.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(300);
+/// The generation remembered for a SecretSync whose class changed: never its own.
+const CLASS_CHANGED: i64 = -1;
 /// The most a rotation's shared read may predate the rotation.
 const MAX_SHARING_SLACK: Duration = Duration::from_secs(60);
 
@@ -219,9 +224,24 @@ impl Controller {
             .reflect(writer)
             .applied_objects()
             .predicate_filter(predicates::generation, Default::default());
+        // A class's spec edited: its SecretSyncs fetch again at once (metadata only, so that
+        // large classes cost the controller no memory).
+        let classes: Api<PartialObjectMeta<SecretProviderClass>> = Api::all(self.client.clone());
+        let class_changes = watcher(classes, watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+            .predicate_filter(predicates::generation, Default::default());
         let config = controller::Config::default().concurrency(self.settings.concurrency);
         let pruner = tokio::spawn(self.clone().prune(store.clone(), stop.clone()));
+        let (users, controller) = (store.clone(), self.clone());
         controller::Controller::for_stream(stream, store)
+            .watches_stream(class_changes, move |class| {
+                controller.class_changed(
+                    &users,
+                    &class.namespace().unwrap_or_default(),
+                    &class.name_any(),
+                )
+            })
             .with_config(config)
             .graceful_shutdown_on(stop.cancelled_owned())
             .run(
@@ -235,6 +255,31 @@ impl Controller {
             .for_each(|_| async {})
             .await;
         pruner.abort();
+    }
+
+    /// The SecretSyncs of a changed class, marked so that they fetch anew, not from a read
+    /// shared before the change.
+    fn class_changed(
+        &self,
+        store: &Store<SecretSync>,
+        namespace: &str,
+        name: &str,
+    ) -> Vec<ObjectRef<SecretSync>> {
+        let users: Vec<Arc<SecretSync>> = store
+            .state()
+            .into_iter()
+            .filter(|ss| {
+                ss.namespace().as_deref() == Some(namespace)
+                    && ss.spec.secret_provider_class_name == name
+            })
+            .collect();
+        let mut synced = lock(&self.synced);
+        for ss in &users {
+            if let Some(state) = ss.uid().and_then(|uid| synced.get_mut(&uid)) {
+                state.generation = CLASS_CHANGED;
+            }
+        }
+        users.iter().map(|ss| ObjectRef::from_obj(&**ss)).collect()
     }
 
     /// Forgets SecretSyncs that were deleted.
