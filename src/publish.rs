@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::class::refresh::{self, REFRESH_ANNOTATION, RefreshRequests};
 use crate::class::{self, ClassError, ClassSource};
 use crate::events::Recorder;
 use crate::limits::{DEFAULT_CONCURRENT_FETCHES, DEFAULT_VOLUME_BYTES, FetchSlots};
@@ -44,6 +45,8 @@ pub struct Context {
     pub events: Option<Arc<Recorder>>,
     /// On a node, kubelet's root: targets must be its CSI volume paths, through no symlink.
     pub kubelet_root: Option<KubeletRoot>,
+    /// Classes' refresh requests, watched; `None` outside a cluster.
+    pub refresh: Option<Arc<RefreshRequests>>,
     /// Bytes one volume's provider answer (and a built-in's backend reads) may hold.
     pub volume_bytes: usize,
     fetch_slots: FetchSlots,
@@ -68,6 +71,7 @@ impl Context {
             rotation_interval: None,
             events: None,
             kubelet_root: None,
+            refresh: None,
             volume_bytes: DEFAULT_VOLUME_BYTES,
             fetch_slots: FetchSlots::new(DEFAULT_CONCURRENT_FETCHES),
             volumes: Volumes::default(),
@@ -108,6 +112,13 @@ impl Context {
     pub fn with_limits(mut self, volume_bytes: usize, concurrent_fetches: usize) -> Self {
         self.volume_bytes = volume_bytes;
         self.fetch_slots = FetchSlots::new(concurrent_fetches);
+        self
+    }
+
+    /// Honours classes' refresh requests (`secrets-store.csi.k8s.io/refresh-requested-at`).
+    #[must_use]
+    pub fn with_refresh(mut self, refresh: Arc<RefreshRequests>) -> Self {
+        self.refresh = Some(refresh);
         self
     }
 
@@ -394,9 +405,13 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
         .map_err(|e| Failure::new(e, None, false))?
     };
     if mounted && mode == Mode::Publish {
+        let refresh = ctx
+            .refresh
+            .as_ref()
+            .and_then(|r| r.get(&request.pod.namespace, &request.class_name));
         let due = ctx
             .rotation_interval
-            .is_some_and(|interval| ctx.volumes.due(target, interval));
+            .is_some_and(|interval| ctx.volumes.due(target, interval, refresh.as_deref()));
         if !due {
             tracing::debug!("target path is already mounted");
             // As upstream, a call answered before the class is read counts for no provider.
@@ -503,8 +518,12 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
             return Err(Failure::new(err, Some(&provider_name), remount));
         }
     }
+    let refresh = class
+        .annotations
+        .get(REFRESH_ANNOTATION)
+        .map(|value| refresh::bounded(value));
     ctx.volumes
-        .remember(target, fetched.versions.clone(), class_interval);
+        .remember(target, fetched.versions.clone(), class_interval, refresh);
     if remount && fetched.changed && mode == Mode::Publish {
         ctx.reports()
             .rotated(&request.pod, &request.class_name)

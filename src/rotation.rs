@@ -23,6 +23,8 @@ struct VolumeState {
     versions: Vec<ObjectVersion>,
     /// The class's own rotation interval, as of the last fetch.
     interval: Option<Duration>,
+    /// The class's refresh request, as of the last fetch.
+    refresh: Option<String>,
 }
 
 /// The mounted volumes of this process, by target path.
@@ -40,17 +42,20 @@ impl Volumes {
             .unwrap_or_default()
     }
 
-    /// Records a successful fetch into `target`, with its class's own interval.
+    /// Records a successful fetch into `target`, with its class's own interval and refresh
+    /// request.
     pub fn remember(
         &self,
         target: &Path,
         versions: Vec<ObjectVersion>,
         interval: Option<Duration>,
+        refresh: Option<String>,
     ) {
         let state = VolumeState {
             fetched_at: SystemTime::now(),
             versions,
             interval,
+            refresh,
         };
         lock(&self.states).insert(target.to_owned(), state);
     }
@@ -60,10 +65,19 @@ impl Volumes {
         lock(&self.states).remove(target);
     }
 
-    /// Whether a mounted volume's rotation interval (its class's, else the node's) has passed.
-    /// After a restart, the time of the last content swap stands in for the last fetch.
-    pub fn due(&self, target: &Path, node_interval: Duration) -> bool {
+    /// Whether a mounted volume's rotation interval (its class's, else the node's) has passed,
+    /// or its class requests a refresh (`refresh`) it was not fetched for. After a restart, the
+    /// time of the last content swap stands in for the last fetch, and a refresh request
+    /// counts as new: one fetch too many rather than one request missed.
+    pub fn due(&self, target: &Path, node_interval: Duration, refresh: Option<&str>) -> bool {
         let state = lock(&self.states).get(target).cloned();
+        if let Some(requested) = refresh
+            && state
+                .as_ref()
+                .is_none_or(|s| s.refresh.as_deref() != Some(requested))
+        {
+            return true;
+        }
         let interval = state
             .as_ref()
             .and_then(|s| s.interval)
@@ -152,19 +166,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path();
         assert!(
-            volumes.due(target, Duration::from_secs(3600)),
+            volumes.due(target, Duration::from_secs(3600), None),
             "nothing known and nothing written: due"
         );
-        volumes.remember(target, version("1"), None);
-        assert!(!volumes.due(target, Duration::from_secs(3600)));
-        assert!(volumes.due(target, Duration::ZERO));
-        volumes.remember(target, version("2"), Some(Duration::ZERO));
+        volumes.remember(target, version("1"), None, None);
+        assert!(!volumes.due(target, Duration::from_secs(3600), None));
+        assert!(volumes.due(target, Duration::ZERO, None));
+        volumes.remember(target, version("2"), Some(Duration::ZERO), None);
         assert!(
-            volumes.due(target, Duration::from_secs(3600)),
+            volumes.due(target, Duration::from_secs(3600), None),
             "the class's interval wins"
         );
         assert_eq!(volumes.versions(target), version("2"));
         volumes.forget(target);
         assert!(volumes.versions(target).is_empty());
+    }
+
+    #[test]
+    fn a_new_refresh_request_makes_a_volume_due_once() {
+        let volumes = Volumes::default();
+        let dir = tempfile::tempdir().unwrap();
+        let (target, hour) = (dir.path(), Duration::from_secs(3600));
+        volumes.remember(target, version("1"), None, None);
+        assert!(!volumes.due(target, hour, None));
+        assert!(volumes.due(target, hour, Some("1")), "a first request");
+        volumes.remember(target, version("1"), None, Some("1".into()));
+        assert!(
+            !volumes.due(target, hour, Some("1")),
+            "the same request again"
+        );
+        assert!(volumes.due(target, hour, Some("2")), "a new value");
+        assert!(!volumes.due(target, hour, None), "a request withdrawn");
+        volumes.forget(target);
+        assert!(
+            volumes.due(target, hour, Some("2")),
+            "unknown after a restart: fetch"
+        );
     }
 }

@@ -275,6 +275,52 @@ async fn kubelets_own_republish_rotates_the_files_and_the_versions() {
     cluster::delete(&client, "v1", "Namespace", None, &ns).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_refresh_request_fetches_at_the_next_republish_whatever_the_interval() {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _shared = cluster.shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("refresh").await;
+    let source = cluster.local_root.join(format!("{ns}.yaml"));
+    std::fs::write(&source, "token: first-value\n").unwrap();
+    let mut class = local_class(&ns, "app", &format!("{ns}.yaml"), "- objectName: token\n");
+    class["metadata"]["annotations"] =
+        json!({"secrets-store.csi.k8s.io/rotation-poll-interval": "1h"});
+    let (_, volume) = run_app(cluster, &client, class.clone(), None).await;
+    let file = volume.join("token");
+    let read = || std::fs::read_to_string(&file).unwrap();
+    assert_eq!(read(), "first-value");
+
+    // Kubelet republishes every few seconds; with an hour's interval nothing is fetched.
+    std::fs::write(&source, "token: second-value\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(read(), "first-value");
+
+    // A new value of the annotation: the next republish fetches.
+    class["metadata"]["annotations"]["secrets-store.csi.k8s.io/refresh-requested-at"] =
+        json!("2026-12-02T17:00:00Z");
+    cluster::apply(&client, class.clone()).await;
+    until(cluster, "the refreshed file", || async {
+        (std::fs::read_to_string(&file).ok()? == "second-value").then_some(())
+    })
+    .await;
+    until(cluster, "a MountRotationComplete event", || async {
+        let events = cluster::list(&client, "v1", "Event", &ns).await;
+        events.into_iter().find(|e| {
+            e["reason"] == "MountRotationComplete" && e["involvedObject"]["name"] == "app"
+        })
+    })
+    .await;
+
+    // Once per value: the same value again fetches nothing more.
+    std::fs::write(&source, "token: third-value\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(read(), "second-value");
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
+}
+
 fn deployment(namespace: &str, name: &str, class: &str) -> Value {
     let mut template = pod(namespace, name, class);
     template["metadata"] = json!({"labels": {"app": name}});

@@ -9,6 +9,7 @@ use anyhow::{Context as _, bail};
 use super::builtin::{Builtins, Site};
 use super::{VERSION, key_file_path, kube_client, registry, version_key};
 use crate::class::KubeClasses;
+use crate::class::refresh::RefreshRequests;
 use crate::cli::NodeArgs;
 use crate::csi::{self, DriverInfo};
 use crate::metrics::{self, Metrics};
@@ -83,6 +84,9 @@ pub(super) async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     }
     let providers = Arc::new(providers);
     let metrics = Arc::new(Metrics::new());
+    let shutdown = shutdown::on_signal().context("installing signal handlers")?;
+    let refresh = Arc::new(RefreshRequests::default());
+    tokio::spawn(refresh.clone().watch(client.clone(), shutdown.clone()));
     let recorder = Arc::new(events::Recorder::new(client.clone(), &args.nodeid));
     let ctx = Arc::new(
         Context::new(
@@ -99,6 +103,7 @@ pub(super) async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                 .then_some(args.rotation_poll_interval),
         )
         .with_events(recorder.clone())
+        .with_refresh(refresh)
         .with_kubelet_root(kubelet_root.clone())
         .with_limits(
             args.providers.max_call_recv_msg_size,
@@ -106,7 +111,6 @@ pub(super) async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         ),
     );
 
-    let shutdown = shutdown::on_signal().context("installing signal handlers")?;
     let sync = sync::Controller::new(
         client,
         sync::Settings {

@@ -1,5 +1,7 @@
 //! Which SecretProviderClass a volume uses and what its provider is told.
 
+pub mod refresh;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
