@@ -156,6 +156,9 @@ pub struct PublishRequest {
     pub secrets: Option<BTreeMap<String, SecretString>>,
     /// Time the caller allows; the provider gets what is left of it.
     pub timeout: Option<Duration>,
+    /// The pod's `fsGroup`, as kubelet sends it (`volume_mount_group`): files and directories
+    /// are group-owned by it, group-readable.
+    pub group: Option<u32>,
 }
 
 /// Why the pipeline runs.
@@ -639,7 +642,7 @@ async fn fetch_and_write(
     // An empty payload is a legacy provider that wrote its own files: the writer still swaps
     // in an empty `..data`, which marks the volume as published.
     let legacy = payload.is_empty();
-    let writer = AtomicWriter::new(&request.target_path);
+    let writer = AtomicWriter::new(&request.target_path).with_group(request.group);
     let target = request.target_path.clone();
     let outcome = tokio::task::spawn_blocking(move || writer.write(&payload))
         .await

@@ -321,6 +321,114 @@ async fn a_new_refresh_request_fetches_at_the_next_republish_whatever_the_interv
     cluster::delete(&client, "v1", "Namespace", None, &ns).await;
 }
 
+/// Reads `file` of a pod's volume as a container process of `uid` with `groups` would: through
+/// a bind mount of the volume (kubelet's own directories are root's only), by `setpriv`.
+fn read_as(
+    volume: &std::path::Path,
+    file: &str,
+    uid: u32,
+    groups: &[u32],
+) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let view = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(view.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let status = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(volume)
+        .arg(view.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "bind mount");
+    let groups = if groups.is_empty() {
+        "--clear-groups".to_owned()
+    } else {
+        format!(
+            "--groups={}",
+            groups
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    };
+    let output = std::process::Command::new("setpriv")
+        .args([format!("--reuid={uid}"), format!("--regid={uid}"), groups])
+        .arg("cat")
+        .arg(view.path().join(file))
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("umount")
+        .arg(view.path())
+        .status();
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_root_pod_with_an_fs_group_reads_its_files_and_one_without_gets_roots() {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _shared = cluster.shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("fsgroup").await;
+    std::fs::write(
+        cluster.local_root.join(format!("{ns}.yaml")),
+        "token: group-readable\n",
+    )
+    .unwrap();
+    let mut class = local_class(&ns, "app", &format!("{ns}.yaml"), "- objectName: token\n");
+    class["spec"]["parameters"]["filePermission"] = json!("0440");
+    cluster::apply(&client, class).await;
+    let mut app = pod(&ns, "app", "app");
+    app["spec"]["securityContext"] =
+        json!({"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 2000});
+    cluster::apply(&client, app).await;
+    cluster::apply(&client, pod(&ns, "plain", "app")).await;
+    let uid = |pod: &Value| pod["metadata"]["uid"].as_str().unwrap().to_owned();
+    let app = running(cluster, &client, &ns, "app").await;
+    let plain = running(cluster, &client, &ns, "plain").await;
+
+    // What the container's process is: uid 1000, gid 1000, supplementary group 2000.
+    let volume = cluster.volume_path(&uid(&app), "secrets");
+    let file = volume.join("token");
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 2000));
+    assert_eq!(mode(&file), 0o440);
+    assert_eq!(
+        read_as(&volume, "token", 1000, &[2000]).unwrap(),
+        b"group-readable"
+    );
+    // A rotation swaps in files that are the group's from the start.
+    std::fs::write(
+        cluster.local_root.join(format!("{ns}.yaml")),
+        "token: rotated\n",
+    )
+    .unwrap();
+    until(cluster, "the rotated file", || async {
+        (std::fs::read_to_string(&file).ok()? == "rotated").then_some(())
+    })
+    .await;
+    assert_eq!(std::fs::metadata(&file).unwrap().gid(), 2000);
+    assert_eq!(mode(&file), 0o440);
+    assert_eq!(
+        read_as(&volume, "token", 1000, &[2000]).unwrap(),
+        b"rotated"
+    );
+
+    // Without fsGroup: exactly as before, root's, and not readable by uid 1000.
+    let volume = cluster.volume_path(&uid(&plain), "secrets");
+    let meta = std::fs::metadata(volume.join("token")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    assert_eq!(mode(&volume.join("token")), 0o440);
+    assert!(read_as(&volume, "token", 1000, &[]).is_err());
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
+}
+
 fn deployment(namespace: &str, name: &str, class: &str) -> Value {
     let mut template = pod(namespace, name, class);
     template["metadata"] = json!({"labels": {"app": name}});

@@ -136,14 +136,19 @@ async fn identity_controller_and_node_info_answer_as_upstream() {
         .await
         .unwrap()
         .into_inner();
-    let rpc = csi::node_service_capability::Rpc {
-        r#type: csi::node_service_capability::rpc::Type::StageUnstageVolume.into(),
+    let rpc = |kind: csi::node_service_capability::rpc::Type| csi::NodeServiceCapability {
+        r#type: Some(csi::node_service_capability::Type::Rpc(
+            csi::node_service_capability::Rpc {
+                r#type: kind.into(),
+            },
+        )),
     };
     assert_eq!(
         caps.capabilities,
-        vec![csi::NodeServiceCapability {
-            r#type: Some(csi::node_service_capability::Type::Rpc(rpc))
-        }]
+        vec![
+            rpc(csi::node_service_capability::rpc::Type::StageUnstageVolume),
+            rpc(csi::node_service_capability::rpc::Type::VolumeMountGroup),
+        ]
     );
     let stage = csi::NodeStageVolumeRequest {
         volume_id: "v".into(),

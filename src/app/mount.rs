@@ -177,6 +177,7 @@ fn mount_request(args: &MountArgs, name: &str, namespace: &str, target: PathBuf)
         service_account_tokens: None,
         secrets: None,
         timeout: Some(Duration::from_secs(120)),
+        group: None,
     }
 }
 

@@ -231,13 +231,21 @@ impl Node for NodeService {
         &self,
         _: Request<pb::NodeGetCapabilitiesRequest>,
     ) -> Result<Response<pb::NodeGetCapabilitiesResponse>, Status> {
-        let rpc = pb::node_service_capability::Rpc {
-            r#type: pb::node_service_capability::rpc::Type::StageUnstageVolume.into(),
-        };
+        // VOLUME_MOUNT_GROUP: kubelet sends the pod's fsGroup, and files are group-owned by it
+        // (kubelet applies no fsGroup to read-only volumes itself).
+        let capabilities = [
+            pb::node_service_capability::rpc::Type::StageUnstageVolume,
+            pb::node_service_capability::rpc::Type::VolumeMountGroup,
+        ]
+        .into_iter()
+        .map(|rpc| pb::NodeServiceCapability {
+            r#type: Some(pb::node_service_capability::Type::Rpc(
+                pb::node_service_capability::Rpc { r#type: rpc.into() },
+            )),
+        })
+        .collect();
         Ok(Response::new(pb::NodeGetCapabilitiesResponse {
-            capabilities: vec![pb::NodeServiceCapability {
-                r#type: Some(pb::node_service_capability::Type::Rpc(rpc)),
-            }],
+            capabilities,
         }))
     }
 

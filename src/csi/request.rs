@@ -52,6 +52,20 @@ pub fn publish_request(
             "block volume capability is not supported: secrets-store volumes are filesystem mounts",
         ));
     }
+    let group = match &capability.access_type {
+        Some(pb::volume_capability::AccessType::Mount(mount))
+            if !mount.volume_mount_group.is_empty() =>
+        {
+            Some(mount.volume_mount_group.parse::<u32>().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "volume_mount_group {:?} is not a numeric group id: set the pod's \
+                     securityContext.fsGroup to a number",
+                    mount.volume_mount_group
+                ))
+            })?)
+        }
+        _ => None,
+    };
     let target_path = PathBuf::from(&request.target_path);
     if !target_path.is_absolute() {
         return Err(Status::invalid_argument(format!(
@@ -123,6 +137,7 @@ pub fn publish_request(
         service_account_tokens,
         secrets,
         timeout,
+        group,
     })
 }
 

@@ -12,11 +12,16 @@
 //!
 //! A crash at any step leaves `..data` pointing at a complete version; the next write removes
 //! what the crashed one left behind.
+//!
+//! With a group (the pod's `fsGroup`), every file and directory of a version is group-owned
+//! by it and group-readable before `..data` points at it, as kubelet's own fsGroup handling
+//! does for read-only volumes (files `| 0440`, directories `| 0550`): there is no moment when
+//! a new file is readable by root only.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -66,10 +71,16 @@ enum Step {
     StaleLinksRemoved,
 }
 
+/// Bits a file gets for its group, as kubelet's read-only fsGroup mask.
+const GROUP_FILE_BITS: u32 = 0o440;
+/// Bits a directory gets for its group.
+const GROUP_DIR_BITS: u32 = 0o550;
+
 /// Writes payloads into one target directory.
 #[derive(Debug, Clone)]
 pub struct AtomicWriter {
     target: PathBuf,
+    group: Option<u32>,
 }
 
 impl AtomicWriter {
@@ -83,6 +94,23 @@ impl AtomicWriter {
     pub fn new(target: impl Into<PathBuf>) -> Self {
         Self {
             target: target.into(),
+            group: None,
+        }
+    }
+
+    /// Files and directories group-owned by `group` (the pod's fsGroup) and readable by it.
+    #[must_use]
+    pub fn with_group(mut self, group: Option<u32>) -> Self {
+        self.group = group;
+        self
+    }
+
+    /// The mode a file of `mode` is written with.
+    fn file_mode(&self, mode: u32) -> u32 {
+        if self.group.is_some() {
+            mode | GROUP_FILE_BITS
+        } else {
+            mode
         }
     }
 
@@ -140,7 +168,11 @@ impl AtomicWriter {
         let new_dir = self.create_data_dir()?;
         let new_path = self.target.join(&new_dir);
         for (path, file) in payload.files() {
-            write_file(&new_path.join(path), file.mode, file.contents.expose())?;
+            let path = new_path.join(path);
+            write_file(&path, self.file_mode(file.mode), file.contents.expose())?;
+            if let Some(group) = self.group {
+                own_up_to(&path, &new_path, group)?;
+            }
         }
         if stop_after == Some(Step::DataDirWritten) {
             return Ok(WriteOutcome::Changed);
@@ -212,7 +244,9 @@ impl AtomicWriter {
             };
             let path = dir.join(&relative);
             let meta = fs::metadata(&path).map_err(io_err("stat", &path))?;
-            if meta.permissions().mode() & 0o777 != wanted.mode {
+            if meta.permissions().mode() & 0o777 != self.file_mode(wanted.mode)
+                || self.group.is_some_and(|group| meta.gid() != group)
+            {
                 return Ok(false);
             }
             let bytes = fs::read(&path).map_err(io_err("read", &path))?;
@@ -259,6 +293,9 @@ impl AtomicWriter {
                 Ok(()) => {
                     fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
                         .map_err(io_err("chmod", &path))?;
+                    if let Some(group) = self.group {
+                        own(&path, group, 0o755)?;
+                    }
                     return Ok(name);
                 }
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => {}
@@ -310,6 +347,34 @@ impl AtomicWriter {
 
 fn is_data_dir_name(name: &str) -> bool {
     name.starts_with("..") && name.as_bytes().get(2).is_some_and(u8::is_ascii_digit)
+}
+
+/// Gives `path` and every directory between it and `root` (the data dir, already owned) to
+/// `group`.
+fn own_up_to(path: &Path, root: &Path, group: u32) -> Result<(), WriteError> {
+    let meta = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
+    own(path, group, meta.permissions().mode() & 0o7777)?;
+    let mut dir = path.parent();
+    while let Some(current) = dir.filter(|d| *d != root && d.starts_with(root)) {
+        own(current, group, 0o755)?;
+        dir = current.parent();
+    }
+    Ok(())
+}
+
+/// Sets `path`'s group, and its group bits as kubelet's read-only fsGroup mask does.
+fn own(path: &Path, group: u32, mode: u32) -> Result<(), WriteError> {
+    std::os::unix::fs::lchown(path, None, Some(group)).map_err(io_err("chown", path))?;
+    let is_dir = fs::symlink_metadata(path)
+        .map_err(io_err("stat", path))?
+        .is_dir();
+    let bits = if is_dir {
+        GROUP_DIR_BITS | 0o2000
+    } else {
+        GROUP_FILE_BITS
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode | bits))
+        .map_err(io_err("chmod", path))
 }
 
 fn write_file(path: &Path, mode: u32, contents: &[u8]) -> Result<(), WriteError> {
@@ -385,6 +450,48 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Wri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_a_group_every_file_and_directory_is_its_and_group_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        // A group this process may give files to without privileges: its own.
+        let group = nix::unistd::getgid().as_raw();
+        let writer = AtomicWriter::new(dir.path()).with_group(Some(group));
+        writer
+            .write(&payload(&[
+                ("key", 0o400, "a"),
+                ("nested/deep/file", 0o600, "b"),
+            ]))
+            .unwrap();
+        for (path, mode) in [("key", 0o440), ("nested/deep/file", 0o640)] {
+            let meta = fs::metadata(dir.path().join(path)).unwrap();
+            assert_eq!(meta.gid(), group, "{path}");
+            assert_eq!(meta.permissions().mode() & 0o777, mode, "{path}");
+        }
+        let data = fs::canonicalize(dir.path().join("..data")).unwrap();
+        for sub in ["", "nested", "nested/deep"] {
+            let meta = fs::metadata(data.join(sub)).unwrap();
+            assert_eq!(meta.gid(), group, "{sub}");
+            assert_eq!(meta.permissions().mode() & 0o2750, 0o2750, "{sub}");
+        }
+        assert_eq!(
+            writer
+                .write(&payload(&[
+                    ("key", 0o400, "a"),
+                    ("nested/deep/file", 0o600, "b")
+                ]))
+                .unwrap(),
+            WriteOutcome::Unchanged,
+            "the group's modes count as the payload's"
+        );
+        // Without a group: exactly the provider's modes, as before.
+        let plain = tempfile::tempdir().unwrap();
+        AtomicWriter::new(plain.path())
+            .write(&payload(&[("key", 0o400, "a")]))
+            .unwrap();
+        let meta = fs::metadata(plain.path().join("key")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o400);
+    }
     use crate::provider::ProviderFile;
     use crate::redact::Secret;
 
