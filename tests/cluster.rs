@@ -901,12 +901,24 @@ async fn csi_sanity_passes_against_the_node_socket() {
         "ModifyVolume",
         "should remove target path",
     ];
-    let mount = cluster
+    // The paths are below a running pod's directory: kubelet's housekeeping deletes the
+    // directories of pods it does not know, which raced with csi-sanity's own mkdir.
+    let client = cluster.client().await;
+    let ns = cluster.namespace("sanity").await;
+    let (pod, _) = run_local_app(
+        cluster,
+        &client,
+        &ns,
+        "token: sanity\n",
+        "- objectName: token\n",
+    )
+    .await;
+    let pod_dir = cluster
         .kubelet_root
-        .join("pods/sanity/volumes/kubernetes.io~csi/sanity/mount");
-    let staging = cluster
-        .kubelet_root
-        .join("pods/sanity/volumes/kubernetes.io~csi/staging/mount");
+        .join("pods")
+        .join(pod["metadata"]["uid"].as_str().unwrap());
+    let mount = pod_dir.join("volumes/kubernetes.io~csi/sanity/mount");
+    let staging = pod_dir.join("volumes/kubernetes.io~csi/staging/mount");
     // csi-sanity creates the two directories themselves, not their parents.
     for dir in [&mount, &staging] {
         std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
@@ -931,4 +943,5 @@ async fn csi_sanity_passes_against_the_node_socket() {
         .to_owned();
     eprintln!("csi-sanity: {ran}");
     assert!(!ran.starts_with("Ran 0 "), "{text}");
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
 }
