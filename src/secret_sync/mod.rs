@@ -318,7 +318,7 @@ impl Controller {
             }
             // A spec change or forceSynchronization: only a read from now on.
             Some(_) => Some(now),
-            // Not seen by this process (a start or a failover): the status tells.
+            // Not seen by this process (a start or a failover): any shared read will do.
             None => None,
         };
         let started = Instant::now();
