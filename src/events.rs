@@ -2,7 +2,7 @@
 //! rotation.
 //!
 //! Core `v1` Events, as upstream records them (same component name, so existing alerts match).
-//! A repeat of the same reason and message on the same pod within ten minutes bumps the count
+//! A repeat of the same reason and message on the same object within ten minutes bumps the count
 //! of the first Event instead of creating another. Messages name objects and files, never
 //! their values.
 
@@ -49,34 +49,37 @@ pub enum Severity {
 /// The sync controller's event source component, as upstream's controller names it.
 pub const SYNC_CONTROLLER_COMPONENT: &str = "secret-sync-controller";
 
-/// The object an Event is about: a pod, unless the kind says otherwise.
+/// The object an Event is about: a pod, or a SecretSync of the sync controller.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PodRef {
+pub struct Regarding {
+    /// `apiVersion`, e.g. `v1`.
+    pub api_version: String,
+    /// `kind`, e.g. `Pod`.
+    pub kind: String,
     /// Namespace.
     pub namespace: String,
     /// Name.
     pub name: String,
     /// UID, so an Event never attaches to a later object of the same name.
     pub uid: String,
-    /// `apiVersion` and `kind`, when not a core `v1` Pod.
-    pub kind: Option<(String, String)>,
 }
 
-impl PodRef {
+impl Regarding {
     /// A pod.
     pub fn pod(namespace: &str, name: &str, uid: &str) -> Self {
         Self {
+            api_version: "v1".to_owned(),
+            kind: "Pod".to_owned(),
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             uid: uid.to_owned(),
-            kind: None,
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SeriesKey {
-    pod: PodRef,
+    object: Regarding,
     severity: Severity,
     reason: String,
     message: String,
@@ -121,12 +124,18 @@ impl Recorder {
         }
     }
 
-    /// Records an Event on `pod`. Failing to record is logged, never returned: an Event is
+    /// Records an Event on `object`. Failing to record is logged, never returned: an Event is
     /// a courtesy, not part of the operation it reports.
-    pub async fn pod_event(&self, pod: &PodRef, severity: Severity, reason: &str, message: &str) {
+    pub async fn record(
+        &self,
+        object: &Regarding,
+        severity: Severity,
+        reason: &str,
+        message: &str,
+    ) {
         let message = truncate(message);
         let key = SeriesKey {
-            pod: pod.clone(),
+            object: object.clone(),
             severity,
             reason: reason.to_owned(),
             message: message.clone(),
@@ -141,7 +150,7 @@ impl Recorder {
                 (s.name.clone(), s.count)
             })
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &object.namespace);
         let result = match repeat {
             Some((name, count)) => {
                 let patch = json!({"count": count, "lastTimestamp": now});
@@ -152,21 +161,21 @@ impl Recorder {
                     // The series' first Event expired or was deleted: start a new series.
                     Err(kube::Error::Api(status)) if status.code == 404 => {
                         self.forget(&key);
-                        self.create(&api, key, pod, severity, reason, &message, &now)
+                        self.create(&api, key, object, severity, reason, &message, &now)
                             .await
                     }
                     other => other.map(drop),
                 }
             }
             None => {
-                self.create(&api, key, pod, severity, reason, &message, &now)
+                self.create(&api, key, object, severity, reason, &message, &now)
                     .await
             }
         };
         if let Err(err) = result {
             tracing::warn!(
-                pod = %pod.name,
-                namespace = %pod.namespace,
+                object = %object.name,
+                namespace = %object.namespace,
                 reason,
                 error = %err,
                 "failed to record an event"
@@ -179,14 +188,18 @@ impl Recorder {
         &self,
         api: &Api<Event>,
         key: SeriesKey,
-        pod: &PodRef,
+        object: &Regarding,
         severity: Severity,
         reason: &str,
         message: &str,
         now: &Time,
     ) -> Result<(), kube::Error> {
-        let name = format!("{}.{:x}", pod.name, jiff::Timestamp::now().as_nanosecond());
-        let event = self.event(&name, pod, severity, reason, message, now);
+        let name = format!(
+            "{}.{:x}",
+            object.name,
+            jiff::Timestamp::now().as_nanosecond()
+        );
+        let event = self.event(&name, object, severity, reason, message, now);
         api.create(&PostParams::default(), &event).await?;
         let mut series = lock(&self.series);
         if series.len() < MAX_REMEMBERED {
@@ -209,7 +222,7 @@ impl Recorder {
     fn event(
         &self,
         name: &str,
-        pod: &PodRef,
+        object: &Regarding,
         severity: Severity,
         reason: &str,
         message: &str,
@@ -218,15 +231,15 @@ impl Recorder {
         Event {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
-                namespace: Some(pod.namespace.clone()),
+                namespace: Some(object.namespace.clone()),
                 ..Default::default()
             },
             involved_object: ObjectReference {
-                api_version: Some(pod.kind.as_ref().map_or("v1", |k| k.0.as_str()).to_owned()),
-                kind: Some(pod.kind.as_ref().map_or("Pod", |k| k.1.as_str()).to_owned()),
-                name: Some(pod.name.clone()),
-                namespace: Some(pod.namespace.clone()),
-                uid: Some(pod.uid.clone()),
+                api_version: Some(object.api_version.clone()),
+                kind: Some(object.kind.clone()),
+                name: Some(object.name.clone()),
+                namespace: Some(object.namespace.clone()),
+                uid: Some(object.uid.clone()),
                 ..Default::default()
             },
             reason: Some(reason.to_owned()),

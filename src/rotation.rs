@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use crate::events::{self, PodRef, Recorder, Severity};
+use crate::events::{self, Recorder, Regarding, Severity};
 use crate::lock::lock;
 use crate::pod::PodInfo;
 use crate::pod_status::PodStatusWriter;
@@ -108,7 +108,7 @@ impl Reports<'_> {
                 pod.namespace
             );
             recorder
-                .pod_event(
+                .record(
                     &pod_ref(pod),
                     Severity::Normal,
                     events::MOUNT_ROTATION_COMPLETE,
@@ -127,7 +127,7 @@ impl Reports<'_> {
                 pod.namespace
             );
             recorder
-                .pod_event(
+                .record(
                     &pod_ref(pod),
                     Severity::Warning,
                     events::MOUNT_ROTATION_FAILED,
@@ -145,8 +145,8 @@ impl Reports<'_> {
     }
 }
 
-fn pod_ref(pod: &PodInfo) -> PodRef {
-    PodRef::pod(&pod.namespace, &pod.name, &pod.uid)
+fn pod_ref(pod: &PodInfo) -> Regarding {
+    Regarding::pod(&pod.namespace, &pod.name, &pod.uid)
 }
 
 #[cfg(test)]

@@ -195,9 +195,7 @@ impl Elector {
             }
         }
     }
-}
 
-impl Elector {
     /// Whether another holder's record stayed unchanged for its lease duration.
     fn expired(&self, spec: &LeaseSpec) -> bool {
         let record = format!(

@@ -32,7 +32,7 @@ use crate::crd::{
     RESERVED_PREFIX, SecretProviderClass, SecretSync, SecretSyncStatus, SyncCondition,
 };
 use crate::error::kube_message;
-use crate::events::{PodRef, Recorder, Severity};
+use crate::events::{Recorder, Regarding, Severity};
 use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::pod::PodInfo;
@@ -380,17 +380,15 @@ impl Controller {
                     &message,
                     generation,
                 );
-                let object = PodRef {
+                let object = Regarding {
+                    api_version: SecretSync::api_version(&()).into_owned(),
+                    kind: SecretSync::kind(&()).into_owned(),
                     namespace: namespace.clone(),
                     name: name.clone(),
                     uid: uid.clone(),
-                    kind: Some((
-                        SecretSync::api_version(&()).into_owned(),
-                        SecretSync::kind(&()).into_owned(),
-                    )),
                 };
                 self.recorder
-                    .pod_event(&object, Severity::Warning, reason, &message)
+                    .record(&object, Severity::Warning, reason, &message)
                     .await;
                 let failures = remembered.map_or(0, |s| s.failures) + 1;
                 (retry_delay(failures), failures)

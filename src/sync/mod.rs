@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::class::{ClassError, ClassSource as _, KubeClasses};
 use crate::crd::{GROUP, NODE_NAME_LABEL, SecretProviderClassPodStatus};
-use crate::events::{self, PodRef, Recorder, Severity};
+use crate::events::{self, Recorder, Regarding, Severity};
 use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::volume::target::KubeletRoot;
@@ -349,7 +349,7 @@ impl Controller {
             // which is an event of its own.
             return Ok(());
         }
-        let pod_ref = PodRef::pod(namespace, &status.pod_name, &pod_uid);
+        let pod_ref = Regarding::pod(namespace, &status.pod_name, &pod_uid);
         let class_name = &status.secret_provider_class_name;
         let spec = match self.classes.get(namespace, class_name).await {
             Ok(class) => class.spec,
@@ -464,9 +464,9 @@ impl Controller {
         }
     }
 
-    async fn sync_failed_event(&self, pod: &PodRef, message: &str) {
+    async fn sync_failed_event(&self, pod: &Regarding, message: &str) {
         self.events
-            .pod_event(
+            .record(
                 pod,
                 Severity::Warning,
                 events::FAILED_TO_CREATE_SECRET,
@@ -494,7 +494,7 @@ impl Controller {
             .collect()
     }
 
-    async fn roll_out(&self, pod: &PodRef, secret_name: &str, owners: &[OwnerReference]) {
+    async fn roll_out(&self, pod: &Regarding, secret_name: &str, owners: &[OwnerReference]) {
         for result in rollout::restart_owners(&self.client, &pod.namespace, owners).await {
             match result {
                 Ok(restarted) => {
@@ -506,7 +506,7 @@ impl Controller {
                     );
                     tracing::info!(pod = %pod.name, namespace = %pod.namespace, "{message}");
                     self.events
-                        .pod_event(pod, Severity::Normal, events::ROLLOUT_TRIGGERED, &message)
+                        .record(pod, Severity::Normal, events::ROLLOUT_TRIGGERED, &message)
                         .await;
                 }
                 Err(err) => {
@@ -517,7 +517,7 @@ impl Controller {
                     );
                     tracing::warn!(pod = %pod.name, namespace = %pod.namespace, "{message}");
                     self.events
-                        .pod_event(pod, Severity::Warning, events::ROLLOUT_TRIGGERED, &message)
+                        .record(pod, Severity::Warning, events::ROLLOUT_TRIGGERED, &message)
                         .await;
                 }
             }
