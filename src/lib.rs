@@ -49,4 +49,5 @@ pub mod secret_sync;
 pub mod shutdown;
 pub mod sync;
 pub mod telemetry;
+pub mod template;
 pub mod volume;
