@@ -18,6 +18,7 @@ use crate::provider::{
 };
 use crate::redact::SecretString;
 use crate::rotation::{Reports, Volumes};
+use crate::template::{self, TemplateError, Templates};
 use crate::volume::atomic_writer::WriteOutcome;
 use crate::volume::lifecycle::{self, PrepareError, Prepared};
 use crate::volume::target::{KubeletRoot, TargetError};
@@ -275,6 +276,15 @@ pub enum PublishError {
         #[source]
         source: WriteError,
     },
+    /// The class's templated files are invalid or do not fit the fetched objects.
+    #[error("failed to mount secrets store objects for pod {pod}: {source}")]
+    Template {
+        /// `namespace/name`.
+        pod: String,
+        /// What is wrong, by class, file and line.
+        #[source]
+        source: TemplateError,
+    },
     /// The SecretProviderClassPodStatus could not be recorded.
     #[error(transparent)]
     PodStatus(#[from] PodStatusError),
@@ -303,7 +313,10 @@ impl PublishError {
                 "FailedToMount".to_owned()
             }
             Self::Provider { source, .. } => source.error_type(),
-            Self::Payload { .. } | Self::Write { .. } => "FileWriteError".to_owned(),
+            Self::Template { source, .. } if source.is_declaration() => "FailedToMount".to_owned(),
+            Self::Payload { .. } | Self::Write { .. } | Self::Template { .. } => {
+                "FileWriteError".to_owned()
+            }
             Self::Target(_) | Self::TargetPath { .. } | Self::Mount(MountError::Inspect { .. }) => {
                 "FailedToEnsureMountPoint".to_owned()
             }
@@ -453,16 +466,35 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
         )
     };
     let provider = ctx.providers.get(&provider_name).map_err(provider_fail)?;
+    // Templates render inside the driver, so a pod may not bring its own.
+    let class_only: Vec<&str> = provider
+        .class_parameters()
+        .iter()
+        .copied()
+        .chain([template::PARAMETER])
+        .collect();
     let mut parameters = class::merge_parameters(
         namespace,
         &request.class_name,
         spec,
         &request.attributes,
-        provider.class_parameters(),
+        &class_only,
     )
     .map_err(|e| Failure::new(e, Some(&provider_name), remount))?;
     // The typed identity is the only one providers see; a class cannot set it.
     PodInfo::take_from(&mut parameters);
+    let templates = Templates::take_from(
+        &format!("{namespace}/{}", request.class_name),
+        &mut parameters,
+        DEFAULT_FILE_MODE,
+    )
+    .map_err(|source| {
+        let error = PublishError::Template {
+            pod: pod.clone(),
+            source,
+        };
+        Failure::new(error, Some(&provider_name), remount)
+    })?;
 
     // Volume: the tmpfs exists before the provider is called (legacy providers write into it).
     let prepared = if mounted {
@@ -486,6 +518,7 @@ async fn run(ctx: &Context, request: &PublishRequest, mode: Mode) -> Result<Publ
         &provider_name,
         provider.as_ref(),
         parameters,
+        templates.as_ref(),
     )
     .await;
     let fetched = match fetched {
@@ -572,6 +605,7 @@ async fn fetch_and_write(
     provider_name: &str,
     provider: &dyn crate::provider::Provider,
     parameters: BTreeMap<String, String>,
+    templates: Option<&Templates>,
 ) -> Result<Fetched, PublishError> {
     let started = Instant::now();
     let provider_error = |source| PublishError::Provider {
@@ -625,12 +659,23 @@ async fn fetch_and_write(
             provider: provider_name.to_owned(),
         }));
     }
-    let payload = Payload::validate(response.files, ctx.volume_bytes).map_err(|source| {
-        PublishError::Payload {
+    let (mut files, mut versions) = (response.files, response.versions);
+    if let Some(templates) = templates {
+        let fetched: usize = files.iter().map(|f| f.contents.expose().len()).sum();
+        let rendered = templates
+            .render(&files, ctx.volume_bytes.saturating_sub(fetched))
+            .map_err(|source| PublishError::Template {
+                pod: pod.to_owned(),
+                source,
+            })?;
+        versions.extend(templates.versions(&versions));
+        files.extend(rendered);
+    }
+    let payload =
+        Payload::validate(files, ctx.volume_bytes).map_err(|source| PublishError::Payload {
             pod: pod.to_owned(),
             source,
-        }
-    })?;
+        })?;
     let files = payload
         .files()
         .map(|(path, file)| FileSummary {
@@ -652,7 +697,7 @@ async fn fetch_and_write(
             source,
         })?;
     Ok(Fetched {
-        versions: response.versions,
+        versions,
         files,
         changed: legacy || outcome == WriteOutcome::Changed,
     })

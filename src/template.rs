@@ -87,12 +87,22 @@ pub enum TemplateError {
         /// The path both use.
         file: String,
     },
+    /// The provider wrote its files itself (a legacy plugin), so there is nothing to render.
+    #[error(
+        "SecretProviderClass {class} declares templated files but its provider wrote its files \
+         itself instead of returning them; templates need a provider that returns its files \
+         (every built-in provider and current plugins do)"
+    )]
+    NoFiles {
+        /// `namespace/name`.
+        class: String,
+    },
 }
 
 impl TemplateError {
     /// Whether the class itself is wrong (as opposed to the fetched objects not fitting it).
     pub fn is_declaration(&self) -> bool {
-        !matches!(self, Self::Render { .. })
+        !matches!(self, Self::Render { .. } | Self::NoFiles { .. })
     }
 }
 
@@ -121,16 +131,17 @@ pub struct Templates {
 }
 
 impl Templates {
-    /// Reads and checks the declarations in `parameters`, if any; files without a
-    /// `filePermission` get `default_mode`.
-    pub fn from_parameters(
+    /// Takes the declarations out of `parameters` (a provider never sees them) and checks
+    /// them; files without a `filePermission` get `default_mode`.
+    pub fn take_from(
         class: &str,
-        parameters: &BTreeMap<String, String>,
+        parameters: &mut BTreeMap<String, String>,
         default_mode: u32,
     ) -> Result<Option<Self>, TemplateError> {
-        let Some(text) = parameters.get(PARAMETER) else {
+        let Some(text) = parameters.remove(PARAMETER) else {
             return Ok(None);
         };
+        let text = text.as_str();
         let declaration = |reason: String| TemplateError::Declaration {
             class: class.to_owned(),
             reason,
@@ -188,6 +199,11 @@ impl Templates {
         files: &[ProviderFile],
         budget: usize,
     ) -> Result<Vec<ProviderFile>, TemplateError> {
+        if files.is_empty() {
+            return Err(TemplateError::NoFiles {
+                class: self.class.clone(),
+            });
+        }
         if let Some(entry) = self
             .entries
             .iter()
@@ -662,8 +678,13 @@ mod tests {
     use super::*;
 
     fn class(templates: &str) -> Result<Option<Templates>, TemplateError> {
-        let parameters = BTreeMap::from([(PARAMETER.to_owned(), templates.to_owned())]);
-        Templates::from_parameters("ns/spc", &parameters, 0o644)
+        let mut parameters = BTreeMap::from([
+            (PARAMETER.to_owned(), templates.to_owned()),
+            ("objects".to_owned(), "kept".to_owned()),
+        ]);
+        let taken = Templates::take_from("ns/spc", &mut parameters, 0o644);
+        assert_eq!(parameters.keys().collect::<Vec<_>>(), ["objects"]);
+        taken
     }
 
     fn file(path: &str, contents: &str) -> ProviderFile {

@@ -667,21 +667,19 @@ async fn a_restarted_driver_keeps_mounted_pods_mounted_and_rotating() {
     cluster::delete(&client, "v1", "Namespace", None, &ns).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vault_logs_in_with_the_token_kubelet_requested_through_the_real_token_review() {
-    let Some(cluster) = cluster::cluster() else {
-        return;
-    };
-    let _shared = cluster.shared().await;
-    let Some(bao) = support::openbao::OpenBao::start() else {
-        return;
-    };
-    let client = cluster.client().await;
-    let ns = cluster.namespace("vault").await;
-    // A reviewer that may create TokenReviews, as Vault's docs set it up.
-    cluster::apply(&client, service_account(&ns, "vault-reviewer", json!({}))).await;
+/// OpenBao with Kubernetes auth reviewing tokens at the cluster's API server through a
+/// reviewer of `ns` that may create TokenReviews, as Vault's docs set it up; role `app` for
+/// `ns/app-sa` with policy `app` (which the caller writes). [`remove_reviewer`] undoes the
+/// cluster-wide binding.
+async fn openbao_for(
+    cluster: &Cluster,
+    client: &kube::Client,
+    ns: &str,
+) -> Option<support::openbao::OpenBao> {
+    let bao = support::openbao::OpenBao::start()?;
+    cluster::apply(client, service_account(ns, "vault-reviewer", json!({}))).await;
     cluster::apply(
-        &client,
+        client,
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
@@ -691,9 +689,7 @@ async fn vault_logs_in_with_the_token_kubelet_requested_through_the_real_token_r
         }),
     )
     .await;
-    let reviewer = cluster::service_account_token(&client, &ns, "vault-reviewer").await;
-    let password = format!("vault-password-{ns}");
-    bao.app_secret(&password);
+    let reviewer = cluster::service_account_token(client, ns, "vault-reviewer").await;
     bao.enable_kubernetes_auth_in(
         None,
         &support::openbao::KubernetesAuth {
@@ -702,8 +698,35 @@ async fn vault_logs_in_with_the_token_kubelet_requested_through_the_real_token_r
             reviewer_jwt: reviewer,
         },
     );
-    bao.kubernetes_role("app", &ns, "app-sa", "app");
-    cluster::apply(&client, service_account(&ns, "app-sa", json!({}))).await;
+    bao.kubernetes_role("app", ns, "app-sa", "app");
+    cluster::apply(client, service_account(ns, "app-sa", json!({}))).await;
+    Some(bao)
+}
+
+async fn remove_reviewer(client: &kube::Client, ns: &str) {
+    cluster::delete(
+        client,
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        None,
+        &format!("{ns}-reviewer"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_logs_in_with_the_token_kubelet_requested_through_the_real_token_review() {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _shared = cluster.shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("vault").await;
+    let Some(bao) = openbao_for(cluster, &client, &ns).await else {
+        return;
+    };
+    let password = format!("vault-password-{ns}");
+    bao.app_secret(&password);
     let vault = class(
         &ns,
         "vault-app",
@@ -727,14 +750,7 @@ async fn vault_logs_in_with_the_token_kubelet_requested_through_the_real_token_r
     assert!(logins >= 1, "logged in through OpenBao's Kubernetes auth");
     assert!(!cluster.driver_logs().contains(&password));
     cluster::delete(&client, "v1", "Namespace", None, &ns).await;
-    cluster::delete(
-        &client,
-        "rbac.authorization.k8s.io/v1",
-        "ClusterRoleBinding",
-        None,
-        &format!("{ns}-reviewer"),
-    )
-    .await;
+    remove_reviewer(&client, &ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -775,6 +791,262 @@ async fn aws_irsa_assumes_the_role_with_kubelets_token_against_moto() {
     );
     assert!(moto.count("AssumeRoleWithWebIdentity") >= 1);
     assert!(!cluster.driver_logs().contains(&value));
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
+}
+
+/// The SecretProviderClassPodStatus's object versions by id.
+async fn recorded_versions(
+    client: &kube::Client,
+    ns: &str,
+    record: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let status = cluster::get(
+        client,
+        GROUP_V1,
+        "SecretProviderClassPodStatus",
+        Some(ns),
+        record,
+    )
+    .await?;
+    let objects = status["status"]["objects"].as_array()?;
+    Some(
+        objects
+            .iter()
+            .map(|o| {
+                (
+                    o["id"].as_str().unwrap_or_default().to_owned(),
+                    o["version"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect(),
+    )
+}
+
+fn secret_value(secret: &Value, key: &str) -> String {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"][key].as_str().unwrap_or_default())
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_templated_file_joins_vault_objects_follows_a_rotated_input_and_syncs_into_a_secret() {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _shared = cluster.shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("tmplvault").await;
+    let Some(bao) = openbao_for(cluster, &client, &ns).await else {
+        return;
+    };
+    let (first, second) = (format!("pg-first-{ns}"), format!("pg-second-{ns}"));
+    bao.bao(&[
+        "kv",
+        "put",
+        "secret/db",
+        "username=app",
+        &format!("password={first}"),
+    ]);
+    bao.bao(&["kv", "put", "secret/db-host", "host=db.internal"]);
+    bao.policy(
+        "app",
+        r#"path "secret/data/db" { capabilities = ["read"] }
+           path "secret/data/db-host" { capabilities = ["read"] }"#,
+    );
+    let templates = r#"- fileName: .pgpass
+  filePermission: "0400"
+  template: "{{ files.host }}:5432:app:{{ files.username }}:{{ files.password }}\n"
+- fileName: config/app.json
+  template: '{"user": {{ files.username | tojson }}, "password": {{ files.password | tojson }}}'
+"#;
+    let mut vault = class(
+        &ns,
+        "app",
+        "vault",
+        json!({
+            "vaultAddress": bao.addr,
+            "roleName": "app",
+            "objects": "- objectName: username\n  secretPath: secret/data/db\n  secretKey: username\n\
+                        - objectName: password\n  secretPath: secret/data/db\n  secretKey: password\n\
+                        - objectName: host\n  secretPath: secret/data/db-host\n  secretKey: host\n",
+            "secrets-store.csi.k8s.io/templates": templates,
+        }),
+    );
+    vault["spec"]["secretObjects"] = json!([{
+        "secretName": "pg", "type": "Opaque",
+        "data": [{"objectName": ".pgpass", "key": "pgpass"}],
+    }]);
+    let (_, volume) = run_app(cluster, &client, vault, Some("app-sa")).await;
+    let pgpass = |password: &str| format!("db.internal:5432:app:app:{password}\n");
+    let read = |file: &str| std::fs::read_to_string(volume.join(file)).unwrap();
+    assert_eq!(read(".pgpass"), pgpass(&first));
+    assert_eq!(mode(&volume.join(".pgpass")), 0o400);
+    let config: Value = serde_json::from_str(&read("config/app.json")).unwrap();
+    assert_eq!(config, json!({"user": "app", "password": first}));
+    let record = format!("app-{ns}-app");
+    let before = recorded_versions(&client, &ns, &record).await.unwrap();
+    for id in [
+        "username",
+        "password",
+        "host",
+        "template:.pgpass",
+        "template:config/app.json",
+    ] {
+        assert!(before.contains_key(id), "{id} in {before:?}");
+    }
+    let secret = until(
+        cluster,
+        "the Secret synced from the templated file",
+        || async { cluster::get(&client, "v1", "Secret", Some(&ns), "pg").await },
+    )
+    .await;
+    assert_eq!(secret_value(&secret, "pgpass"), pgpass(&first));
+
+    // One input rotates: the templated files, their versions and the Secret follow it; the
+    // input that did not change keeps its version.
+    bao.bao(&[
+        "kv",
+        "put",
+        "secret/db",
+        "username=app",
+        &format!("password={second}"),
+    ]);
+    until(cluster, "the re-rendered .pgpass", || async {
+        (std::fs::read_to_string(volume.join(".pgpass")).ok()? == pgpass(&second)).then_some(())
+    })
+    .await;
+    assert!(read("config/app.json").contains(&second));
+    let after = until(cluster, "the record's new template versions", || async {
+        let versions = recorded_versions(&client, &ns, &record).await?;
+        (versions["template:.pgpass"] != before["template:.pgpass"]).then_some(versions)
+    })
+    .await;
+    assert_eq!(after["host"], before["host"]);
+    assert_ne!(
+        after["template:config/app.json"],
+        before["template:config/app.json"]
+    );
+    until(cluster, "the Secret with the rotated value", || async {
+        let secret = cluster::get(&client, "v1", "Secret", Some(&ns), "pg").await?;
+        (secret_value(&secret, "pgpass") == pgpass(&second)).then_some(())
+    })
+    .await;
+    let logs = cluster.driver_logs();
+    assert!(!logs.contains(&first) && !logs.contains(&second));
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
+    remove_reviewer(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_templated_file_joins_aws_objects_and_a_bad_template_fails_its_mount_naming_the_line() {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _shared = cluster.shared().await;
+    let Some(moto) = support::moto::Moto::start_proxy_on(cluster.aws_port).await else {
+        return;
+    };
+    let client = cluster.client().await;
+    let ns = cluster.namespace("tmplaws").await;
+    let password = format!("p@ss/{ns}");
+    let credentials = json!({"username": "app", "password": password}).to_string();
+    moto.create_secret("us-east-1", "prod/db", &credentials)
+        .await;
+    moto.put_parameter("us-east-1", "/prod/host", "String", "db.internal")
+        .await;
+    cluster::apply(
+        &client,
+        service_account(
+            &ns,
+            "app-sa",
+            json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/app"}),
+        ),
+    )
+    .await;
+    let aws = |name: &str, templates: &str| {
+        class(
+            &ns,
+            name,
+            "aws",
+            json!({
+                "region": "us-east-1",
+                "objects": "- objectName: prod/db\n  objectType: secretsmanager\n  objectAlias: db.json\n\
+                            - objectName: /prod/host\n  objectType: ssmparameter\n  objectAlias: host\n",
+                "secrets-store.csi.k8s.io/templates": templates,
+            }),
+        )
+    };
+    let good = r#"- fileName: app.env
+  filePermission: "0440"
+  template: |
+    DB_USER={{ (files["db.json"] | fromjson).username }}
+    DATABASE_URL=postgres://{{ (files["db.json"] | fromjson).username }}:{{ (files["db.json"] | fromjson).password | urlencode }}@{{ files.host }}/app
+"#;
+    let (_, volume) = run_app(cluster, &client, aws("app", good), Some("app-sa")).await;
+    let encoded = password.replace('@', "%40").replace('/', "%2F");
+    assert_eq!(
+        std::fs::read_to_string(volume.join("app.env")).unwrap(),
+        format!("DB_USER=app\nDATABASE_URL=postgres://app:{encoded}@db.internal/app\n")
+    );
+    assert_eq!(mode(&volume.join("app.env")), 0o440);
+
+    // A template that does not fit the objects, and one the driver refuses: the pod does not
+    // start, its event names the class, the file, the line and the gRPC code, never a value,
+    // and its volume holds nothing.
+    let missing = r#"- fileName: bad.env
+  template: |
+    USER={{ (files["db.json"] | fromjson).username }}
+    PORT={{ (files["db.json"] | fromjson).port }}
+"#;
+    let refused = "- fileName: bad.env\n  template: \"ok\\n{% include 'x' %}\"\n";
+    for (name, templates, code) in [
+        ("missing", missing, "FailedPrecondition"),
+        ("refused", refused, "InvalidArgument"),
+    ] {
+        cluster::apply(&client, aws(name, templates)).await;
+        let mut bad = pod(&ns, name, name);
+        bad["spec"]["serviceAccountName"] = json!("app-sa");
+        cluster::apply(&client, bad).await;
+        let expected = format!("template for \"bad.env\" in SecretProviderClass {ns}/{name}");
+        let event = until(
+            cluster,
+            &format!("the FailedMount event of {name}"),
+            || async {
+                cluster::list(&client, "v1", "Event", &ns)
+                    .await
+                    .into_iter()
+                    .find(|e| {
+                        e["reason"] == "FailedMount"
+                            && e["involvedObject"]["name"] == name
+                            && e["message"].as_str().is_some_and(|m| m.contains(&expected))
+                    })
+            },
+        )
+        .await;
+        let message = event["message"].as_str().unwrap();
+        assert!(message.contains("line 2"), "{message}");
+        assert!(message.contains(&format!("code = {code}")), "{message}");
+        assert!(
+            !message.contains(&password) && !message.contains("db.internal"),
+            "{message}"
+        );
+        let pod = cluster::get(&client, "v1", "Pod", Some(&ns), name)
+            .await
+            .unwrap();
+        assert_ne!(pod["status"]["phase"], "Running");
+        let target = cluster.volume_path(pod["metadata"]["uid"].as_str().unwrap(), "secrets");
+        assert!(
+            support::mounts_under(&target).is_empty(),
+            "{target:?} left mounted"
+        );
+        let left: Vec<_> = std::fs::read_dir(&target)
+            .map(|dir| dir.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{left:?} left in {target:?}");
+    }
+    assert!(!cluster.driver_logs().contains(&password));
     cluster::delete(&client, "v1", "Namespace", None, &ns).await;
 }
 

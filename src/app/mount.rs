@@ -20,6 +20,7 @@ use crate::provider::vault::auth::Credentials;
 use crate::provider::{ObjectVersion, aws, local, vault};
 use crate::publish::{self, Context, Mode, PublishRequest, Published};
 use crate::shutdown;
+use crate::template;
 use crate::volume::{MountMode, TmpfsOptions, mount};
 
 /// Mounts the class once, or keeps refreshing it with `--watch`.
@@ -202,7 +203,12 @@ fn print_files(published: &Published) {
         .collect();
     println!("  {:<32} {:>5} {:>9}  VERSION", "PATH", "MODE", "SIZE");
     for file in &published.files {
-        let version = versions.get(file.path.as_str()).copied().unwrap_or("-");
+        let templated = format!("{}{}", template::VERSION_PREFIX, file.path);
+        let version = versions
+            .get(file.path.as_str())
+            .or_else(|| versions.get(templated.as_str()))
+            .copied()
+            .unwrap_or("-");
         println!(
             "  {:<32} {:>5} {:>7} B  {version}",
             file.path,

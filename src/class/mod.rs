@@ -129,8 +129,9 @@ pub enum ClassError {
     /// A pod's volume attribute names a parameter that only the class may set.
     #[error(
         "volume attribute {attribute:?} cannot override SecretProviderClass {namespace}/{name}: \
-         the built-in {provider} provider reads its settings from the class only; move it into \
-         the class's spec.parameters"
+         it configures what runs inside the privileged driver (provider {provider}, or the \
+         driver's templates), so only the class may set it; move it into the class's \
+         spec.parameters"
     )]
     PodOverride {
         /// The namespace.

@@ -24,6 +24,10 @@ impl From<&PublishError> for Code {
                 Code::InvalidArgument
             }
             PublishError::Provider { source, .. } => source.grpc_code(),
+            PublishError::Template { source, .. } if source.is_declaration() => {
+                Code::InvalidArgument
+            }
+            PublishError::Template { .. } => Code::FailedPrecondition,
             PublishError::Busy { .. } => Code::ResourceExhausted,
             PublishError::Payload {
                 source: PayloadError::TooLarge { .. } | PayloadError::TooManyFiles { .. },

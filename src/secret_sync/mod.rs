@@ -40,6 +40,7 @@ use crate::provider::version_key::VersionKey;
 use crate::provider::{DEFAULT_FILE_MODE, MountRequest, ProviderError, ProviderFile, Registry};
 use crate::redact::Secret;
 use crate::sync::tls;
+use crate::template::Templates;
 use write::{CONTROLLER_LABEL, Desired, SECRET_SYNC_LABEL, WriteError, Written};
 
 /// Condition type while the Secret has never been written.
@@ -469,7 +470,13 @@ impl Controller {
             .providers
             .get(provider_name)
             .map_err(|err| misconfigured(err.to_string()))?;
-        let parameters = class.spec.parameters.clone();
+        let mut parameters = class.spec.parameters.clone();
+        let templates = Templates::take_from(
+            &format!("{namespace}/{class_name}"),
+            &mut parameters,
+            DEFAULT_FILE_MODE,
+        )
+        .map_err(|err| misconfigured(err.to_string()))?;
         let audiences = match provider.token_audiences(&parameters) {
             Some(needed) => {
                 if let Some(missing) = needed.iter().find(|a| !self.settings.audiences.contains(a))
@@ -512,7 +519,15 @@ impl Controller {
                 })
             })?
             .map_err(Failure::Provider)?;
-        let data = secret_data(ss, class_name, &answer.files)?;
+        let mut files = answer.files;
+        if let Some(templates) = &templates {
+            let fetched: usize = files.iter().map(|f| f.contents.expose().len()).sum();
+            let rendered = templates
+                .render(&files, self.settings.max_bytes.saturating_sub(fetched))
+                .map_err(|err| Failure::Data(err.to_string()))?;
+            files.extend(rendered);
+        }
+        let data = secret_data(ss, class_name, &files)?;
         let hash = self.hash(ss, uid, &class.revision, &data);
         // Written even when the hash is unchanged: a Secret deleted or edited since is put
         // back (a Secret already as desired costs one patch that changes nothing).
