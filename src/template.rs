@@ -476,6 +476,7 @@ const FILTERS: &[&str] = &[
     "b64encode",
     "default",
     "fromjson",
+    "items",
     "join",
     "length",
     "lower",
@@ -615,6 +616,23 @@ fn environment(budget: Budget) -> Environment<'static> {
             joined.push_str(&piece);
         }
         Ok(Value::from(joined))
+    });
+    let b = budget.clone();
+    env.add_filter("items", move |value: Value| {
+        if value.kind() != minijinja::value::ValueKind::Map {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("items needs a mapping, got {}", value.kind()),
+            ));
+        }
+        let mut pairs = Vec::new();
+        for key in value.try_iter()? {
+            // The pairs share the map's values; each still costs its slot.
+            b.charge(2 * std::mem::size_of::<Value>())?;
+            let item = value.get_item(&key)?;
+            pairs.push(Value::from(vec![key, item]));
+        }
+        Ok(Value::from(pairs))
     });
     env.add_filter("length", |value: Value| {
         value.len().ok_or_else(|| {
@@ -830,6 +848,29 @@ mod tests {
             );
             assert!(message.contains("line 1"), "{message}");
         }
+    }
+
+    #[test]
+    fn a_json_object_becomes_one_line_per_key() {
+        let templates = r#"
+- fileName: app.env
+  template: |
+    {% for key, value in files["db.json"] | fromjson | items %}{{ key | upper }}={{ value }}
+    {% endfor %}
+"#;
+        let files = [file("db.json", r#"{"user": "app", "port": 5432}"#)];
+        let out = class(templates)
+            .unwrap()
+            .unwrap()
+            .render(&files, 1 << 20)
+            .unwrap();
+        assert_eq!(out[0].contents.expose(), b"PORT=5432\nUSER=app\n");
+        let err = class("- fileName: f\n  template: \"{{ files.x | items }}\"")
+            .unwrap()
+            .unwrap()
+            .render(&[file("x", "text")], 1 << 20)
+            .unwrap_err();
+        assert!(err.to_string().contains("items needs a mapping"), "{err}");
     }
 
     #[test]

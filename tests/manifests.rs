@@ -670,3 +670,52 @@ fn sync_controller_values_reach_its_flags_rbac_and_policies() {
     );
     assert!(key["data"]["version.key"].as_str().unwrap().len() >= 44);
 }
+
+#[test]
+fn the_readme_templates_are_accepted_and_render() {
+    use secrets_store_csi_driver::provider::ProviderFile;
+    use secrets_store_csi_driver::redact::SecretBytes;
+    use secrets_store_csi_driver::template::{PARAMETER, Templates};
+
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut rendered = Vec::new();
+    for block in readme.split("```yaml").skip(1) {
+        let block = block.split("```").next().unwrap();
+        for doc in yaml_documents(block) {
+            let Some(text) = doc["spec"]["parameters"][PARAMETER].as_str() else {
+                continue;
+            };
+            let mut parameters =
+                std::collections::BTreeMap::from([(PARAMETER.to_owned(), text.to_owned())]);
+            let templates = Templates::take_from("readme/example", &mut parameters, 0o644)
+                .unwrap()
+                .unwrap();
+            // Every object the class names, as the provider would return it.
+            let objects: Vec<Value> =
+                serde_saphyr::from_str(doc["spec"]["parameters"]["objects"].as_str().unwrap())
+                    .unwrap();
+            let files: Vec<ProviderFile> = objects
+                .iter()
+                .map(|o| {
+                    let path = o["objectAlias"]
+                        .as_str()
+                        .or(o["objectName"].as_str())
+                        .unwrap();
+                    let contents = if path.ends_with(".json") {
+                        r#"{"username": "app", "password": "pw"}"#
+                    } else {
+                        "value"
+                    };
+                    ProviderFile {
+                        path: path.to_owned(),
+                        mode: 0o644,
+                        contents: SecretBytes::new(contents.as_bytes().to_vec()),
+                    }
+                })
+                .collect();
+            let out = templates.render(&files, 1 << 20).unwrap();
+            rendered.extend(out.into_iter().map(|f| f.path));
+        }
+    }
+    assert_eq!(rendered, [".pgpass", "config/app.json", "app.env"]);
+}

@@ -560,6 +560,8 @@ async fn aws_secret_syncs_of_one_service_account_share_one_login_and_one_read() 
             json!({
                 "region": "us-east-1",
                 "objects": "- objectName: prod/db\n  objectType: secretsmanager\n  objectAlias: db\n",
+                // A templated file is a sourcePath as any object.
+                "secrets-store.csi.k8s.io/templates": "- fileName: db.env\n  template: \"DB={{ files.db }}\"\n",
             }),
         ),
     );
@@ -579,11 +581,19 @@ async fn aws_secret_syncs_of_one_service_account_share_one_login_and_one_read() 
             secret_sync(ns, name, "app-sa", "aws-app", &[("db", "value")]),
         );
     }
+    api.insert(
+        GROUP,
+        "secretsyncs",
+        secret_sync(ns, "db-env", "app-sa", "aws-app", &[("db.env", "env")]),
+    );
     for name in names {
         until(name, Duration::from_secs(60), || {
             (secret_value(&api, ns, name, "value")? == b64(value)).then_some(())
         });
     }
+    until("db-env", Duration::from_secs(60), || {
+        (secret_value(&api, ns, "db-env", "env")? == b64(&format!("DB={value}"))).then_some(())
+    });
     assert_eq!(
         moto.count("AssumeRoleWithWebIdentity"),
         1,
@@ -592,7 +602,7 @@ async fn aws_secret_syncs_of_one_service_account_share_one_login_and_one_read() 
     assert_eq!(
         moto.count("GetSecretValue"),
         1,
-        "one read shared by the four SecretSyncs"
+        "one read shared by the five SecretSyncs"
     );
     assert!(!controller.logs().contains(value));
 }
