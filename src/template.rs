@@ -386,6 +386,25 @@ fn check_args(args: &[ast::CallArg<'_>]) -> Result<(), (usize, String)> {
     })
 }
 
+/// Refuses a filter or test the driver does not define, listing those it does.
+fn known(
+    names: &[&str],
+    name: &str,
+    what: &str,
+    span: minijinja::machinery::Span,
+) -> Result<(), (usize, String)> {
+    if names.contains(&name) {
+        return Ok(());
+    }
+    Err((
+        usize::from(span.start_line),
+        format!(
+            "unknown {what} {name:?}; the {what}s are {}",
+            names.join(", ")
+        ),
+    ))
+}
+
 fn check_expr(expr: &ast::Expr<'_>) -> Result<(), (usize, String)> {
     match expr {
         ast::Expr::Var(_) | ast::Expr::Const(_) => Ok(()),
@@ -418,32 +437,14 @@ fn check_expr(expr: &ast::Expr<'_>) -> Result<(), (usize, String)> {
             i.false_expr.as_ref().map_or(Ok(()), check_expr)
         }
         ast::Expr::Filter(f) => {
-            if !FILTERS.contains(&f.name) {
-                return Err((
-                    usize::from(f.span().start_line),
-                    format!(
-                        "unknown filter {:?}; the filters are {}",
-                        f.name,
-                        FILTERS.join(", ")
-                    ),
-                ));
-            }
+            known(FILTERS, f.name, "filter", f.span())?;
             if let Some(e) = &f.expr {
                 check_expr(e)?;
             }
             check_args(&f.args)
         }
         ast::Expr::Test(t) => {
-            if !TESTS.contains(&t.name) {
-                return Err((
-                    usize::from(t.span().start_line),
-                    format!(
-                        "unknown test {:?}; the tests are {}",
-                        t.name,
-                        TESTS.join(", ")
-                    ),
-                ));
-            }
+            known(TESTS, t.name, "test", t.span())?;
             check_expr(&t.expr)?;
             check_args(&t.args)
         }

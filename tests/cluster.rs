@@ -753,6 +753,12 @@ async fn vault_logs_in_with_the_token_kubelet_requested_through_the_real_token_r
     remove_reviewer(&client, &ns).await;
 }
 
+/// Service account `app-sa` of `ns`, annotated for IRSA with role `app`.
+async fn irsa_account(client: &kube::Client, ns: &str) {
+    let role = json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/app"});
+    cluster::apply(client, service_account(ns, "app-sa", role)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_irsa_assumes_the_role_with_kubelets_token_against_moto() {
     let Some(cluster) = cluster::cluster() else {
@@ -766,15 +772,7 @@ async fn aws_irsa_assumes_the_role_with_kubelets_token_against_moto() {
     let ns = cluster.namespace("aws").await;
     let value = format!("aws-secret-{ns}");
     moto.create_secret("us-east-1", "prod/db", &value).await;
-    cluster::apply(
-        &client,
-        service_account(
-            &ns,
-            "app-sa",
-            json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/app"}),
-        ),
-    )
-    .await;
+    irsa_account(&client, &ns).await;
     let aws = class(
         &ns,
         "aws-app",
@@ -956,15 +954,7 @@ async fn a_templated_file_joins_aws_objects_and_a_bad_template_fails_its_mount_n
         .await;
     moto.put_parameter("us-east-1", "/prod/host", "String", "db.internal")
         .await;
-    cluster::apply(
-        &client,
-        service_account(
-            &ns,
-            "app-sa",
-            json!({"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/app"}),
-        ),
-    )
-    .await;
+    irsa_account(&client, &ns).await;
     let aws = |name: &str, templates: &str| {
         class(
             &ns,
