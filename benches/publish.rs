@@ -29,19 +29,34 @@ async fn main() {
         writeln!(source, "object-{i:02}: {}", "s".repeat(64)).unwrap();
     }
     std::fs::write(driver.local_root.join("bench.yaml"), source).unwrap();
-    for n in [1, 10, 50] {
-        let objects: String = (0..n)
+    // The same ten objects with two templated files built from all of them: what rendering
+    // adds to a publish.
+    let templates = "- fileName: app.env\n  template: |\n    \
+        {% for name in files %}{{ name | upper | replace('-', '_') }}={{ files[name] }}\n    \
+        {% endfor %}\n\
+        - fileName: app.json\n  template: '{{ files | tojson }}'\n";
+    let classes: Vec<(String, String, usize, Option<&str>)> = [1, 10, 50]
+        .map(|n| (n.to_string(), format!("bench-{n}"), n, None))
+        .into_iter()
+        .chain([(
+            "10 + 2 templated".to_owned(),
+            "bench-templated".to_owned(),
+            10,
+            Some(templates),
+        )])
+        .collect();
+    for (_, class, n, templates) in &classes {
+        let objects: String = (0..*n)
             .map(|i| format!("- objectName: object-{i:02}\n"))
             .collect();
+        let mut parameters = json!({"source": "bench.yaml", "objects": objects});
+        if let Some(templates) = templates {
+            parameters["secrets-store.csi.k8s.io/templates"] = json!(templates);
+        }
         api.insert(
             "secrets-store.csi.x-k8s.io",
             "secretproviderclasses",
-            spc(
-                "bench",
-                &format!("bench-{n}"),
-                "local",
-                json!({"source": "bench.yaml", "objects": objects}),
-            ),
+            spc("bench", class, "local", parameters),
         );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -49,15 +64,15 @@ async fn main() {
 
     let mut node = driver.node();
     let mut rows = Vec::new();
-    for n in [1, 10, 50] {
+    for (label, class, _, _) in &classes {
         let mut publish = Vec::with_capacity(iterations);
         let mut remove = Vec::with_capacity(iterations);
         for i in 0..iterations {
-            let mut pod = Pod::new(&format!("p{n}-{i}"), "bench");
-            pod.create_in(&api, "v", &format!("bench-{n}"), None);
+            let mut pod = Pod::new(&format!("{class}-{i}"), "bench");
+            pod.create_in(&api, "v", class, None);
             let target = driver.target(&pod.uid, "v");
             let started = Instant::now();
-            node.node_publish_volume(pod.publish(&target, &format!("bench-{n}")))
+            node.node_publish_volume(pod.publish(&target, class))
                 .await
                 .unwrap();
             publish.push(started.elapsed());
@@ -70,7 +85,7 @@ async fn main() {
         publish.sort();
         remove.sort();
         rows.push((
-            n,
+            label,
             percentile(&publish, 0.5),
             percentile(&publish, 0.99),
             percentile(&remove, 0.5),
@@ -99,9 +114,9 @@ async fn main() {
     println!("\npublish through the CSI socket, local provider ({iterations} volumes per row)");
     println!("| objects | publish p50 | publish p99 | unpublish p50 |");
     println!("|--------:|------------:|------------:|--------------:|");
-    for (n, p50, p99, unpublish_p50) in rows {
+    for (label, p50, p99, unpublish_p50) in rows {
         println!(
-            "| {n:>7} | {:>11} | {:>11} | {:>13} |",
+            "| {label:>7} | {:>11} | {:>11} | {:>13} |",
             ms(p50),
             ms(p99),
             ms(unpublish_p50)
