@@ -720,10 +720,13 @@ async fn a_changed_synced_value_rolls_out_the_owning_deployment_when_asked() {
         annotation(&api)
     })
     .await;
-    assert!(
+    // The Event is recorded after the patch, so it may trail the annotation.
+    eventually(WAIT, "the RolloutTriggered Event", || {
         pod_events(&api, "team", &pod.name)
             .iter()
             .any(|e| e.1 == "RolloutTriggered" && e.2.contains("Deployment web"))
-    );
+            .then_some(())
+    })
+    .await;
     driver.assert_logs_free_of(&["first-6d0a", "second-90c3"]);
 }

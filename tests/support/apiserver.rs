@@ -61,7 +61,8 @@ struct Store {
 }
 
 /// A fault: `times` requests with `method` on `resource` of `group` get `status` (a 5xx, a
-/// 409 storm) or wait `delay` first.
+/// 409 storm) or wait `delay` first. A GET fault hits reads of one object only: the driver's
+/// background lists and watches (refresh requests, SecretSync) must not use it up first.
 #[derive(Clone, Debug)]
 pub struct ApiFault {
     group: String,
@@ -655,6 +656,7 @@ async fn handle(
                 && f.group == info.group
                 && f.resource == info.resource
                 && f.method == method
+                && (method != Method::GET || target.name.is_some())
         });
         found.map(|f| {
             f.times -= 1;
