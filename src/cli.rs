@@ -173,6 +173,17 @@ pub struct VaultArgs {
     /// Vault requests in flight per volume.
     #[arg(long, env = "VAULT_CONCURRENCY", default_value_t = 8)]
     pub vault_concurrency: usize,
+    /// On rotation, renew a mounted dynamic secret's lease (at 2/3 of its TTL) instead of
+    /// reading a new credential; a new one is read when the lease is not renewable, renewal
+    /// fails or the max TTL is near. `false` reads a new credential on every rotation.
+    #[arg(long, env = "VAULT_RENEW_LEASES", action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = true, default_missing_value = "true")]
+    pub vault_renew_leases: bool,
+    /// Revoke a volume's dynamic-secret leases when it is unpublished (the role's policy
+    /// needs update on sys/leases/revoke); `false` lets them expire at their TTL.
+    #[arg(long, env = "VAULT_REVOKE_LEASES", action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = true, default_missing_value = "true")]
+    pub vault_revoke_leases: bool,
     /// Comma-separated directories in which SecretProviderClasses may name TLS files
     /// (`vaultCACertPath`, `vaultCADirectory`, `vaultTLSClientCertPath`,
     /// `vaultTLSClientKeyPath`). Without it a class may name none on a node; never below the

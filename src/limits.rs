@@ -57,6 +57,10 @@ pub const MAX_GRPC_TIMEOUT_DIGITS: usize = 8;
 
 /// Bytes of backend answers a built-in provider keeps to share between pods of one identity.
 pub const MAX_SHARED_READ_BYTES: usize = 16 << 20;
+/// Dynamic-secret leases the Vault provider holds to renew, over all volumes of the node.
+pub const MAX_HELD_LEASES: usize = 10_000;
+/// Bytes of leased answers held with them.
+pub const MAX_HELD_LEASE_BYTES: usize = 16 << 20;
 /// Vault HTTP clients kept, one per distinct TLS setting.
 pub const MAX_TLS_CLIENTS: usize = 32;
 /// Largest TLS file (CA bundle, client certificate or key) read for a class.

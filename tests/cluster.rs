@@ -938,6 +938,106 @@ async fn a_templated_file_joins_vault_objects_follows_a_rotated_input_and_syncs_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelets_republishes_renew_a_database_lease_until_max_ttl_and_the_pods_deletion_revokes_it()
+ {
+    let Some(cluster) = cluster::cluster() else {
+        return;
+    };
+    let _shared = cluster.shared().await;
+    let client = cluster.client().await;
+    let ns = cluster.namespace("lease").await;
+    let Some(bao) = openbao_for(cluster, &client, &ns).await else {
+        return;
+    };
+    let Some(redis) = support::redis::Redis::start() else {
+        return;
+    };
+    // Renewed from 20 s on; kubelet republishes every ~5 s, well inside the 30 s TTL. Past
+    // 60 s less than 30 s are left before the max TTL: a new credential.
+    bao.redis_database(&redis, &["default_ttl=30s", "max_ttl=90s"]);
+    bao.policy(
+        "app",
+        r#"path "database/creds/app" { capabilities = ["read"] }
+           path "sys/leases/revoke" { capabilities = ["update"] }"#,
+    );
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vault-database.yaml");
+    let mut db: Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    db["metadata"]["namespace"] = json!(ns);
+    db["spec"]["parameters"]["vaultAddress"] = json!(bao.addr);
+    let (_, volume) = run_app(cluster, &client, db, Some("app-sa")).await;
+    let issued = std::time::Instant::now();
+    let read = || {
+        let file = |name: &str| std::fs::read_to_string(volume.join(name)).ok();
+        Some((file("db-username")?, file("db-password")?))
+    };
+    let first = read().unwrap();
+    assert!(
+        redis.auth(&first.0, &first.1),
+        "the issued credential works"
+    );
+    let record = format!("app-{ns}-db");
+    let before = recorded_versions(&client, &ns, &record).await.unwrap();
+
+    let mut outlived_ttl = false;
+    let second = loop {
+        assert!(
+            issued.elapsed() < Duration::from_secs(150),
+            "no new credential within 150 s: {:?}",
+            bao.requests()
+        );
+        let now = read().unwrap_or_else(|| first.clone());
+        if now.0 != first.0 {
+            break now;
+        }
+        if issued.elapsed() > Duration::from_secs(40) && !outlived_ttl {
+            assert!(
+                redis.auth(&first.0, &first.1),
+                "renewed past its 30 s TTL, the credential still works"
+            );
+            assert_eq!(
+                recorded_versions(&client, &ns, &record).await.unwrap(),
+                before
+            );
+            outlived_ttl = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(
+        outlived_ttl,
+        "the first credential was replaced before its TTL"
+    );
+    assert!(redis.auth(&second.0, &second.1), "the new credential works");
+    let requests = bao.requests();
+    let count = |path: &str| requests.iter().filter(|(_, p)| p == path).count();
+    assert_eq!(count("database/creds/app"), 2, "{requests:?}");
+    assert!(count("sys/leases/renew") >= 2, "{requests:?}");
+    assert_eq!(count("auth/kubernetes/login"), 1, "{requests:?}");
+    until(cluster, "the record's new versions", || async {
+        let versions = recorded_versions(&client, &ns, &record).await?;
+        (versions["db-password"] != before["db-password"]).then_some(())
+    })
+    .await;
+
+    // Deleting the pod unpublishes the volume, which revokes the lease: the user is dropped.
+    cluster::delete(&client, "v1", "Pod", Some(&ns), "app").await;
+    until(cluster, "the revoked credential", || async {
+        (!redis.auth(&second.0, &second.1)).then_some(())
+    })
+    .await;
+    let revocations = bao
+        .requests()
+        .iter()
+        .filter(|(_, p)| p == "sys/leases/revoke")
+        .count();
+    assert_eq!(revocations, 1);
+    let logs = cluster.driver_logs();
+    assert!(!logs.contains(&first.1) && !logs.contains(&second.1));
+    cluster::delete(&client, "v1", "Namespace", None, &ns).await;
+    remove_reviewer(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_templated_file_joins_aws_objects_and_a_bad_template_fails_its_mount_naming_the_line() {
     let Some(cluster) = cluster::cluster() else {
         return;

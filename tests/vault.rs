@@ -80,7 +80,8 @@ fn configure(bao: &OpenBao, api: &ApiServer) {
            path "secret/data/typed" { capabilities = ["read"] }
            path "kv/*" { capabilities = ["read"] }
            path "pki/issue/web" { capabilities = ["update"] }
-           path "database/creds/app" { capabilities = ["read"] }"#,
+           path "database/creds/app" { capabilities = ["read"] }
+           path "sys/leases/revoke" { capabilities = ["update"] }"#,
     );
     bao.policy(
         "other",
@@ -1024,7 +1025,12 @@ async fn the_mount_command_reads_vault_with_a_token_or_a_jwt_file() {
 fn the_readme_shows_the_tested_vault_examples_verbatim() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    for example in ["vault.yaml", "vault-pki.yaml", "vault-jwt.yaml"] {
+    for example in [
+        "vault.yaml",
+        "vault-pki.yaml",
+        "vault-jwt.yaml",
+        "vault-database.yaml",
+    ] {
         let text = std::fs::read_to_string(root.join("examples").join(example)).unwrap();
         assert!(
             readme.contains(&format!("```yaml\n{text}```")),
@@ -1109,39 +1115,10 @@ async fn database_credentials_are_read_once_per_mount_and_never_shared_between_p
     let Some(redis) = support::redis::Redis::start() else {
         return;
     };
-    bao.bao(&["secrets", "enable", "database"]);
-    bao.bao(&[
-        "write",
-        "database/config/redis",
-        "plugin_name=redis-database-plugin",
-        "host=127.0.0.1",
-        &format!("port={}", redis.port),
-        "username=default",
-        &format!("password={}", support::redis::ADMIN_PASSWORD),
-        "allowed_roles=app",
-        "tls=false",
-    ]);
-    bao.bao(&[
-        "write",
-        "database/roles/app",
-        "db_name=redis",
-        r#"creation_statements=["+@read"]"#,
-        "default_ttl=1h",
-    ]);
+    bao.redis_database(&redis, &["default_ttl=1h"]);
     // Read sharing is on (the default): a leased secret must still be each pod's own.
     let driver = Driver::start(&api, &[&format!("--vault-address={}", bao.addr)]).await;
-    let objects = "- {objectName: db-username, secretPath: database/creds/app, secretKey: username}\n\
-                   - {objectName: db-password, secretPath: database/creds/app, secretKey: password}\n";
-    api.insert(
-        GROUP,
-        "secretproviderclasses",
-        spc(
-            "team",
-            "db",
-            "vault",
-            json!({"roleName": "app", "objects": objects}),
-        ),
-    );
+    database_class(&api, &bao.addr);
     let mark = bao.requests().len();
     let mut users = Vec::new();
     let mut secrets = Vec::new();
@@ -1171,6 +1148,123 @@ async fn database_credentials_are_read_once_per_mount_and_never_shared_between_p
     assert_eq!(reads, 2, "one read per mount for both objects");
     let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
     assert_no_leaks(&driver, &secret_refs);
+}
+
+/// `examples/vault-database.yaml` as class `team/db`: a username and a password from one read
+/// of `database/creds/app`.
+fn database_class(api: &dyn TestApi, address: &str) {
+    api.insert(
+        GROUP,
+        "secretproviderclasses",
+        example("vault-database.yaml", address),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_lease_is_renewed_on_rotation_replaced_near_max_ttl_and_revoked_on_unpublish() {
+    if !support::require_root() {
+        return;
+    }
+    let Some(api) = ApiServer::start().await else {
+        return;
+    };
+    let Some(bao) = openbao(&api) else { return };
+    let Some(redis) = support::redis::Redis::start() else {
+        return;
+    };
+    // Renewal at 2/3 of 12 s; the max TTL (32 s) cuts the third renewal short.
+    bao.redis_database(&redis, &["default_ttl=12s", "max_ttl=32s"]);
+    let driver = Driver::start(
+        &api,
+        &[
+            &format!("--vault-address={}", bao.addr),
+            "--enable-secret-rotation",
+            "--rotation-poll-interval=1s",
+        ],
+    )
+    .await;
+    database_class(&api, &bao.addr);
+    let app = pod(&api, "api-1", "app-sa");
+    let target = driver.target(&app.uid, "db");
+    let mut node = driver.node();
+    let credential = || {
+        let files = files(&target);
+        let text = |name: &str| String::from_utf8(files[name].0.clone()).unwrap();
+        (text("db-username"), text("db-password"))
+    };
+    let versions = || {
+        api.get(
+            GROUP,
+            "secretproviderclasspodstatuses",
+            "team",
+            "api-1-team-db",
+        )
+        .unwrap()["status"]["objects"]
+            .clone()
+    };
+    let mark = bao.requests().len();
+    let started = tokio::time::Instant::now();
+    let publish = app.publish_with_tokens(&target, "db", &api, &["vault"]);
+    node.node_publish_volume(publish).await.unwrap();
+    let first = credential();
+    assert!(
+        redis.auth(&first.0, &first.1),
+        "the issued credential works"
+    );
+    let first_versions = versions();
+
+    // A young lease is served again; then it is renewed, twice; the credential stays and works.
+    for at in [1.5, 8.5, 17.0] {
+        tokio::time::sleep_until(started + Duration::from_secs_f64(at)).await;
+        let publish = app.publish_with_tokens(&target, "db", &api, &["vault"]);
+        node.node_publish_volume(publish).await.unwrap();
+        assert_eq!(
+            credential(),
+            first,
+            "rotation at {at} s keeps the credential"
+        );
+        assert!(redis.auth(&first.0, &first.1), "still valid at {at} s");
+        assert_eq!(versions(), first_versions, "versions kept at {at} s");
+    }
+
+    // 25.5 s: 6.5 s are left before the max TTL, less than the 12 s asked for: a new one.
+    tokio::time::sleep_until(started + Duration::from_secs_f64(25.5)).await;
+    let publish = app.publish_with_tokens(&target, "db", &api, &["vault"]);
+    node.node_publish_volume(publish).await.unwrap();
+    let second = credential();
+    assert_ne!(second.0, first.0, "a new database user near the max TTL");
+    assert!(redis.auth(&second.0, &second.1), "the new credential works");
+    assert!(
+        redis.auth(&first.0, &first.1),
+        "the old one stays valid until its max TTL, for the application to switch"
+    );
+    assert_ne!(
+        versions(),
+        first_versions,
+        "a new credential is a new version"
+    );
+
+    let requests = bao.requests()[mark..].to_vec();
+    let count = |path: &str| requests.iter().filter(|(_, p)| p == path).count();
+    assert_eq!(count("database/creds/app"), 2, "{requests:?}");
+    assert_eq!(count("sys/leases/renew"), 3, "{requests:?}");
+    assert_eq!(count("auth/kubernetes/login"), 1, "{requests:?}");
+
+    // Unpublishing revokes the current lease: its database user is dropped.
+    node.node_unpublish_volume(unpublish(&target))
+        .await
+        .unwrap();
+    support::eventually(Duration::from_secs(10), "the lease revoked", || {
+        (!redis.auth(&second.0, &second.1)).then_some(())
+    })
+    .await;
+    let requests = bao.requests()[mark..].to_vec();
+    let revocations = requests
+        .iter()
+        .filter(|(_, p)| p == "sys/leases/revoke")
+        .count();
+    assert_eq!(revocations, 1, "{requests:?}");
+    assert_no_leaks(&driver, &[first.1.as_str(), second.1.as_str()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,6 +112,8 @@ impl Builtins<'_> {
             concurrency: args.vault_concurrency,
             cache_size: args.vault_cache_size,
             version_key: self.key.clone(),
+            renew_leases: args.vault_renew_leases,
+            revoke_leases: args.vault_revoke_leases,
         }))
     }
 

@@ -164,6 +164,9 @@ impl Node for NodeService {
             })
             .await
             .map_err(|join| Status::internal(format!("unpublish task failed: {join}")))?;
+        if result.is_ok() {
+            self.ctx.providers.unpublished(&target).await;
+        }
         let _entered = span.enter();
         match result {
             Ok(()) => {

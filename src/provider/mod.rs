@@ -59,6 +59,10 @@ pub trait Provider: Send + Sync + fmt::Debug {
     fn token_audiences(&self, _parameters: &BTreeMap<String, String>) -> Option<Vec<String>> {
         None
     }
+
+    /// Called once the volume at `target` is unpublished, for a provider that holds
+    /// something for it (the Vault provider's leases). Must not block.
+    async fn unpublished(&self, _target: &std::path::Path) {}
 }
 
 /// A parameter as upstream providers read it: trimmed, and absent when empty.

@@ -1,5 +1,5 @@
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::external::ExternalProvider;
@@ -49,6 +49,13 @@ impl Registry {
     pub fn with_disabled(mut self, name: &str, hint: &str) -> Self {
         self.disabled.insert(name.to_owned(), hint.to_owned());
         self
+    }
+
+    /// Tells every built-in provider that the volume at `target` is gone.
+    pub async fn unpublished(&self, target: &Path) {
+        for provider in self.builtins.values() {
+            provider.unpublished(target).await;
+        }
     }
 
     /// The provider for `name`, reusing one client per plugin socket.

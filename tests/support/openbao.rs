@@ -190,6 +190,31 @@ impl OpenBao {
         );
     }
 
+    /// The database engine over `redis` with role `app` (lease TTLs as `ttls` set them), as
+    /// vault-csi-provider's users read Redis or PostgreSQL credentials.
+    pub fn redis_database(&self, redis: &super::redis::Redis, ttls: &[&str]) {
+        self.bao(&["secrets", "enable", "database"]);
+        self.bao(&[
+            "write",
+            "database/config/redis",
+            "plugin_name=redis-database-plugin",
+            "host=127.0.0.1",
+            &format!("port={}", redis.port),
+            "username=default",
+            &format!("password={}", super::redis::ADMIN_PASSWORD),
+            "allowed_roles=app",
+            "tls=false",
+        ]);
+        let mut role = vec![
+            "write",
+            "database/roles/app",
+            "db_name=redis",
+            r#"creation_statements=["+@read"]"#,
+        ];
+        role.extend_from_slice(ttls);
+        self.bao(&role);
+    }
+
     /// Writes `policy` (HCL) under `name`.
     pub fn policy(&self, name: &str, policy: &str) {
         let file = self.dir.path().join(format!("{name}.hcl"));

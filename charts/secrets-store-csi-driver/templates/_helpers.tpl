@@ -94,6 +94,8 @@ app: {{ .Values.linux.appLabel }}
 - --vault-read-cache-ttl={{ .Values.vault.readCacheTTL }}
 - --vault-concurrency={{ .Values.vault.concurrency }}
 - --vault-cache-size={{ .Values.vault.cacheSize }}
+- --vault-renew-leases={{ .Values.vault.renewLeases }}
+- --vault-revoke-leases={{ .Values.vault.revokeLeases }}
 {{- end }}
 {{- if .Values.aws.enabled }}
 {{- with .Values.aws.region }}

@@ -5,15 +5,19 @@
 //! ([`auth`], shared and renewed across that identity's pods), send each distinct request once
 //! and concurrently ([`client`]), and turn responses into files and keyed-hash versions
 //! ([`read`]). Static reads (no lease) are also shared for a short window between pods of the
-//! same identity, so a rollout of 50 pods costs one login and one read per object.
+//! same identity, so a rollout of 50 pods costs one login and one read per object. Leased
+//! reads are each volume's own and are renewed on rotation rather than issued again
+//! ([`lease`]).
 
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod gojson;
+pub mod lease;
 pub mod read;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +27,7 @@ use futures::StreamExt as _;
 use self::auth::{Auth, Credentials, Identity};
 use self::client::{Call, Transport};
 use self::config::{Defaults, ReadRequest, VolumeConfig};
+use self::lease::{Leases, Plan};
 use self::read::{ReadFailure, Response};
 use super::shared_cache::SharedCache;
 use super::version_key::VersionKey;
@@ -35,6 +40,9 @@ pub const NAME: &str = "vault";
 
 /// Deadline of a mount whose caller gave none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Deadline of the revocations of an unpublished volume's leases.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the provider runs on this node or host.
 #[derive(Debug, Clone)]
@@ -51,6 +59,10 @@ pub struct Settings {
     pub cache_size: usize,
     /// Key of the object versions.
     pub version_key: VersionKey,
+    /// Renew a mounted dynamic secret's lease on rotation instead of reading a new one.
+    pub renew_leases: bool,
+    /// Revoke a volume's leases when it is unpublished.
+    pub revoke_leases: bool,
 }
 
 /// Reads secrets from Vault or OpenBao.
@@ -60,6 +72,7 @@ pub struct VaultProvider {
     transport: Arc<Transport>,
     auth: Auth,
     reads: SharedCache<(Identity, ReadRequest), Arc<Response>>,
+    leases: Arc<Leases>,
 }
 
 type Fetched = Result<Arc<Response>, ReadFailure>;
@@ -78,6 +91,10 @@ struct Login<'a> {
     budget: &'a ByteBudget,
     /// Shared reads must have started at or after this (rotations).
     fresh_since: Option<Instant>,
+    /// The volume, whose leased reads are held for it alone.
+    target: &'a Path,
+    /// The volume is mounted, so a held lease may serve it again.
+    mounted: bool,
 }
 
 impl VaultProvider {
@@ -94,10 +111,64 @@ impl VaultProvider {
             settings,
             transport,
             auth,
+            leases: Arc::default(),
         }
     }
 
     async fn fetch(&self, login: &Login<'_>, request: &ReadRequest) -> Fetched {
+        let key = (
+            login.target.to_path_buf(),
+            login.identity.clone(),
+            request.clone(),
+        );
+        if login.mounted
+            && self.settings.renew_leases
+            && let Some(held) = self.held(login, &key).await
+        {
+            return Ok(held);
+        }
+        let fetched = self.read(login, request).await;
+        if let Ok(response) = &fetched
+            && response.is_leased()
+        {
+            self.leases.issued(key, response.clone(), site(login));
+        }
+        fetched
+    }
+
+    /// The answer held with a lease that is young or has just been renewed.
+    async fn held(&self, login: &Login<'_>, key: &lease::Key) -> Option<Arc<Response>> {
+        let path = &key.2.path;
+        match self.leases.plan(key) {
+            Plan::Issue => None,
+            Plan::Reuse(response) => Some(response),
+            Plan::Renew(renewal) => {
+                let site = site(login);
+                let at = Instant::now();
+                match lease::renew(&self.transport, &site, &renewal, login.deadline).await {
+                    Ok(granted) if granted >= renewal.increment => {
+                        tracing::debug!(path, granted_s = granted.as_secs(), "vault lease renewed");
+                        self.leases.renewed(key, at, granted, site.token);
+                        Some(renewal.response)
+                    }
+                    Ok(granted) => {
+                        tracing::info!(
+                            path,
+                            granted_s = granted.as_secs(),
+                            "vault lease is near its max TTL, reading a new credential"
+                        );
+                        None
+                    }
+                    Err(why) => {
+                        tracing::info!(path, error = %why, "vault lease renewal failed, reading a new credential");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read(&self, login: &Login<'_>, request: &ReadRequest) -> Fetched {
         let share = request.method == "GET" && !self.settings.read_cache_ttl.is_zero();
         if !share {
             return self.send_read(login, request).await;
@@ -107,7 +178,11 @@ impl VaultProvider {
         self.reads
             .get_or_fetch_since(&key, login.fresh_since, |_| async {
                 let response = self.send_read(login, request).await?;
-                let fresh_for = if response.leased { Duration::ZERO } else { ttl };
+                let fresh_for = if response.is_leased() {
+                    Duration::ZERO
+                } else {
+                    ttl
+                };
                 Ok((response, fresh_for))
             })
             .await
@@ -199,6 +274,8 @@ impl Provider for VaultProvider {
             deadline,
             budget: &budget,
             fresh_since: request.fresh_since,
+            target: &request.target_path,
+            mounted: !request.current_versions.is_empty(),
         };
         let login = &login;
         let results: BTreeMap<ReadRequest, Fetched> = futures::stream::iter(distinct)
@@ -251,5 +328,38 @@ impl Provider for VaultProvider {
             "vault objects fetched"
         );
         Ok(MountResponse { versions, files })
+    }
+
+    async fn unpublished(&self, target: &Path) {
+        let released = self.leases.release(target);
+        if released.is_empty() || !self.settings.revoke_leases {
+            return;
+        }
+        // Off the unpublish path: a slow or unreachable Vault must not hold up pod deletion.
+        let transport = self.transport.clone();
+        let volume = target.display().to_string();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + REVOKE_TIMEOUT;
+            for (lease_id, site) in released {
+                match lease::revoke(&transport, &site, &lease_id, deadline).await {
+                    Ok(()) => tracing::debug!(target = %volume, "vault lease revoked"),
+                    Err(why) => tracing::warn!(
+                        target = %volume,
+                        error = %why,
+                        "could not revoke a vault lease of an unpublished volume; it expires at its TTL"
+                    ),
+                }
+            }
+        });
+    }
+}
+
+/// Where a login's leases are renewed and revoked.
+fn site(login: &Login<'_>) -> lease::Site {
+    lease::Site {
+        address: login.config.address.clone(),
+        namespace: login.config.namespace.clone(),
+        tls: login.config.tls.clone(),
+        token: login.token.clone(),
     }
 }

@@ -2,6 +2,7 @@
 //! raw strings versus JSON values, `encoding`, or the whole response envelope.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use super::client::Reply;
 use super::config::{Encoding, ObjectConfig};
 use super::{NAME, gojson};
 use crate::provider::ProviderError;
-use crate::redact::Secret;
+use crate::redact::{Secret, SecretString};
 
 /// Why a read produced no usable response; turned into a `ProviderError` naming the first
 /// object that needed it.
@@ -136,11 +137,28 @@ fn clone_error(err: &ProviderError, object: &str) -> ProviderError {
 #[derive(Debug, Clone)]
 pub struct Response {
     body: Secret<Bytes>,
-    /// A dynamic secret (with a lease) is each pod's own and never shared.
-    pub leased: bool,
+    /// A dynamic secret's lease: such a secret is each pod's own, never shared, and kept
+    /// by renewing the lease rather than reading again.
+    pub lease: Option<Lease>,
+}
+
+/// The lease Vault gave a dynamic secret.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// `lease_id`; it can renew or revoke the credential, so it is kept redacted.
+    pub id: SecretString,
+    /// `lease_duration`.
+    pub duration: Duration,
+    /// `renewable`.
+    pub renewable: bool,
 }
 
 impl Response {
+    /// Whether Vault leased the secret (a database credential, not a KV read).
+    pub fn is_leased(&self) -> bool {
+        self.lease.is_some()
+    }
+
     /// The answer's size in bytes.
     pub fn len(&self) -> usize {
         self.body.expose().len()
@@ -196,17 +214,20 @@ pub fn classify(reply: Reply) -> Result<Response, ReadFailure> {
             .unwrap_or_default();
         return Err(ReadFailure::Empty(bounded_join(&warnings)));
     }
-    let leased = parsed
-        .get("lease_id")
-        .and_then(|id| {
-            serde_json::from_str::<Option<String>>(id.get())
-                .ok()
-                .flatten()
-        })
-        .is_some_and(|id| !id.is_empty());
+    let field = |name: &str| parsed.get(name).map(|v| v.get());
+    let lease = field("lease_id")
+        .and_then(|id| serde_json::from_str::<Option<String>>(id).ok().flatten())
+        .filter(|id| !id.is_empty())
+        .map(|id| Lease {
+            id: SecretString::new(id),
+            duration: field("lease_duration")
+                .and_then(|d| serde_json::from_str::<u64>(d).ok())
+                .map_or(Duration::ZERO, Duration::from_secs),
+            renewable: field("renewable").is_some_and(|r| r == "true"),
+        });
     Ok(Response {
         body: Secret::new(body.into_inner()),
-        leased,
+        lease,
     })
 }
 
@@ -483,8 +504,16 @@ mod tests {
             classify(reply(200, br#"{"data":null,"warnings":["w1"]}"#)),
             Err(ReadFailure::Empty(w)) if w == "w1"
         ));
-        assert!(response(r#"{"lease_id":"database/creds/x/1","data":{}}"#).leased);
-        assert!(!response(r#"{"lease_id": "", "data": {}}"#).leased);
+        let leased = response(
+            r#"{"lease_id":"database/creds/x/1","lease_duration":3600,"renewable":true,"data":{}}"#,
+        );
+        let lease = leased.lease.unwrap();
+        assert_eq!(lease.id.expose(), "database/creds/x/1");
+        assert_eq!(lease.duration, Duration::from_secs(3600));
+        assert!(lease.renewable);
+        let fixed = response(r#"{"lease_id":"aws/creds/x/1","lease_duration":900,"data":{}}"#);
+        assert!(!fixed.lease.unwrap().renewable);
+        assert!(!response(r#"{"lease_id": "", "data": {}}"#).is_leased());
     }
 
     #[test]
