@@ -229,6 +229,78 @@ pub struct AwsArgs {
     pub aws_cache_size: usize,
 }
 
+/// Settings of the built-in `gcp` provider. The environment variables are the GCP plugin's.
+#[derive(Debug, Clone, Args)]
+pub struct GcpArgs {
+    /// Project of the workload identity pool (`PROJECT.svc.id.goog`); else the metadata
+    /// server's.
+    #[arg(long, env = "PROJECT")]
+    pub gcp_project: Option<String>,
+    /// The cluster's location, for the identity provider; else the metadata server's.
+    #[arg(long, env = "CLUSTER_LOCATION")]
+    pub gcp_cluster_location: Option<String>,
+    /// The cluster's name, for the identity provider; else the metadata server's.
+    #[arg(long, env = "CLUSTER_NAME")]
+    pub gcp_cluster_name: Option<String>,
+    /// The whole STS audience, for a fleet or other federated pool
+    /// (`identitynamespace:POOL:PROVIDER` or a pool's provider name); replaces the three
+    /// above.
+    #[arg(long, env = "GCP_WORKLOAD_IDENTITY_AUDIENCE")]
+    pub gcp_workload_identity_audience: Option<String>,
+    /// Base of the GKE identity provider's name.
+    #[arg(
+        long,
+        env = "GKE_WORKLOAD_IDENTITY_ENDPOINT",
+        default_value = "https://container.googleapis.com/v1"
+    )]
+    pub gcp_workload_identity_endpoint: String,
+    /// Where the pod's token is exchanged.
+    #[arg(
+        long,
+        env = "GAIA_TOKEN_EXCHANGE_ENDPOINT",
+        default_value = "https://securetoken.googleapis.com/v1/identitybindingtoken"
+    )]
+    pub gcp_token_exchange_endpoint: String,
+    /// IAM Credentials API, for service-account impersonation.
+    #[arg(
+        long,
+        env = "GCP_IAM_CREDENTIALS_ENDPOINT",
+        default_value = "https://iamcredentials.googleapis.com"
+    )]
+    pub gcp_iam_credentials_endpoint: String,
+    /// Secret Manager for global secrets (gRPC; `http://` for an emulator).
+    #[arg(
+        long,
+        env = "GCP_SECRET_MANAGER_ENDPOINT",
+        default_value = "https://secretmanager.googleapis.com"
+    )]
+    pub gcp_secret_manager_endpoint: String,
+    /// Secret Manager for regional secrets; `{location}` is the secret's location.
+    #[arg(
+        long,
+        env = "GCP_REGIONAL_SECRET_MANAGER_ENDPOINT",
+        default_value = "https://secretmanager.{location}.rep.googleapis.com"
+    )]
+    pub gcp_regional_secret_manager_endpoint: String,
+    /// The GCE metadata server, asked for the project and cluster when not set.
+    #[arg(
+        long,
+        env = "GCE_METADATA_HOST",
+        default_value = "metadata.google.internal"
+    )]
+    pub gcp_metadata_host: String,
+    /// How long a Secret Manager read is shared between pods of one workload identity; `0s`
+    /// reads once per pod.
+    #[arg(long, env = "GCP_READ_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub gcp_read_cache_ttl: Duration,
+    /// Secret Manager requests in flight per volume.
+    #[arg(long, env = "GCP_CONCURRENCY", default_value_t = 8)]
+    pub gcp_concurrency: usize,
+    /// Workload identities whose tokens (and shared reads) are kept.
+    #[arg(long, env = "GCP_CACHE_SIZE", default_value_t = 1000)]
+    pub gcp_cache_size: usize,
+}
+
 /// Which built-in providers run in-process, and their settings.
 #[derive(Debug, Clone, Args)]
 pub struct BuiltinArgs {
@@ -247,6 +319,9 @@ pub struct BuiltinArgs {
     /// AWS settings.
     #[command(flatten)]
     pub aws: AwsArgs,
+    /// Google Secret Manager settings.
+    #[command(flatten)]
+    pub gcp: GcpArgs,
 }
 
 /// Where built-in providers keep the key of their object versions.
@@ -261,7 +336,7 @@ pub struct VersionKeyArgs {
 /// `provider` flags.
 #[derive(Debug, Args)]
 pub struct ProviderServeArgs {
-    /// The built-in provider to serve (`vault` or `aws`).
+    /// The built-in provider to serve (`vault`, `aws` or `gcp`).
     pub name: String,
     /// Socket to listen on, `unix:///var/run/secrets-store-csi-providers/<name>.sock`.
     #[arg(long, env = "PROVIDER_ENDPOINT")]
@@ -281,6 +356,9 @@ pub struct ProviderServeArgs {
     /// AWS settings.
     #[command(flatten)]
     pub aws: AwsArgs,
+    /// Google Secret Manager settings.
+    #[command(flatten)]
+    pub gcp: GcpArgs,
     /// Object version key.
     #[command(flatten)]
     pub version_key: VersionKeyArgs,
@@ -462,6 +540,9 @@ pub struct MountArgs {
     /// AWS settings; credentials come from the AWS environment (variables, profile).
     #[command(flatten)]
     pub aws: AwsArgs,
+    /// Google Secret Manager settings; the token comes from `GOOGLE_OAUTH_ACCESS_TOKEN`.
+    #[command(flatten)]
+    pub gcp: GcpArgs,
     /// Object version key; without it versions are only comparable within one run.
     #[command(flatten)]
     pub version_key: VersionKeyArgs,

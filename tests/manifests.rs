@@ -494,6 +494,56 @@ fn chart_values_reach_the_csidriver_rbac_and_driver_flags() {
 }
 
 #[test]
+fn gcp_values_enable_the_provider_and_request_the_pools_token() {
+    let Some(python) = helm_python() else { return };
+    let docs = render(
+        &python,
+        &json!({"aws": {"enabled": false}, "gcp": {
+            "enabled": true,
+            "project": "prod-123",
+            "clusterLocation": "europe-west1",
+            "clusterName": "main",
+            "secretManagerEndpoint": "https://secretmanager.p.googleapis.com",
+            "readCacheTTL": "10s",
+        }}),
+    );
+    let driver = find(&docs, "CSIDriver", "secrets-store.csi.k8s.io").unwrap();
+    let audiences: Vec<&str> = driver["spec"]["tokenRequests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["audience"].as_str().unwrap())
+        .collect();
+    assert!(audiences.contains(&"prod-123.svc.id.goog"), "{audiences:?}");
+    assert!(audiences.contains(&"vault"), "{audiences:?}");
+    let ds = find(&docs, "DaemonSet", CHART_DAEMONSET).unwrap();
+    let store_args = args(container(ds, "secrets-store"));
+    for expected in [
+        "--builtin-providers=vault,gcp",
+        "--gcp-project=prod-123",
+        "--gcp-cluster-location=europe-west1",
+        "--gcp-cluster-name=main",
+        "--gcp-secret-manager-endpoint=https://secretmanager.p.googleapis.com",
+        "--gcp-read-cache-ttl=10s",
+    ] {
+        assert!(
+            store_args.contains(&expected.to_owned()),
+            "{expected}: {store_args:?}"
+        );
+    }
+    assert_driver_accepts(&store_args);
+    let class_role = find(&docs, "ClusterRole", "secretproviderclasses-role").unwrap();
+    assert!(
+        class_role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"] == json!(["serviceaccounts"]) && r["verbs"] == json!(["get"])),
+        "the GCP provider reads service accounts' impersonation annotations"
+    );
+}
+
+#[test]
 fn deploy_is_the_charts_render_and_parses() {
     let mut kinds = Vec::new();
     let mut docs = Vec::new();

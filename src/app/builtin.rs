@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use anyhow::bail;
 
-use crate::cli::{AwsArgs, VaultArgs};
+use crate::cli::{AwsArgs, GcpArgs, VaultArgs};
 use crate::provider::Registry;
 use crate::provider::aws::{self, AwsProvider};
+use crate::provider::gcp::{self, GcpProvider};
 use crate::provider::local::{self, LocalProvider};
 use crate::provider::vault::config::{TlsConfig, TlsFile, TlsPolicy};
 use crate::provider::vault::{self, VaultProvider, auth::Credentials};
@@ -41,6 +42,8 @@ pub(super) struct Builtins<'a> {
     pub vault: &'a VaultArgs,
     /// The `--aws-*` flags.
     pub aws: &'a AwsArgs,
+    /// The `--gcp-*` flags.
+    pub gcp: &'a GcpArgs,
     /// The key object versions are derived with.
     pub key: VersionKey,
     /// Where they run.
@@ -69,13 +72,20 @@ impl Builtins<'_> {
                         "built-in aws provider enabled"
                     );
                 }
+                gcp::NAME => {
+                    providers = providers.with_builtin(gcp::NAME, self.gcp());
+                    tracing::info!(
+                        secret_manager = %self.gcp.gcp_secret_manager_endpoint,
+                        "built-in gcp provider enabled"
+                    );
+                }
                 local::NAME => {
                     bail!(
                         "--builtin-providers: enable `local` with --local-provider-root DIR instead"
                     )
                 }
                 other => bail!(
-                    "--builtin-providers: {other:?} is not a built-in provider; the built-ins are: vault, aws"
+                    "--builtin-providers: {other:?} is not a built-in provider; the built-ins are: vault, aws, gcp"
                 ),
             }
         }
@@ -149,6 +159,52 @@ impl Builtins<'_> {
             },
             kube,
             node_name,
+        ))
+    }
+
+    /// The `gcp` provider: on a node each pod's workload identity, for `mount` the operator's
+    /// access token (`GOOGLE_OAUTH_ACCESS_TOKEN`, as `gcloud auth print-access-token` prints).
+    pub fn gcp(&self) -> Arc<GcpProvider> {
+        let args = self.gcp;
+        let some = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        let (source, kube) = match &self.site {
+            Site::Node { kube, .. } => (
+                gcp::auth::Source::Pod(gcp::auth::Pool {
+                    audience: some(&args.gcp_workload_identity_audience),
+                    project: some(&args.gcp_project),
+                    cluster_location: some(&args.gcp_cluster_location),
+                    cluster_name: some(&args.gcp_cluster_name),
+                    provider_endpoint: args.gcp_workload_identity_endpoint.clone(),
+                }),
+                kube.clone(),
+            ),
+            Site::Mount { .. } => (
+                gcp::auth::Source::AccessToken(crate::redact::Secret::new(
+                    std::env::var("GOOGLE_OAUTH_ACCESS_TOKEN").unwrap_or_default(),
+                )),
+                None,
+            ),
+        };
+        let metadata = if args.gcp_metadata_host.contains("://") {
+            args.gcp_metadata_host.clone()
+        } else {
+            format!("http://{}", args.gcp_metadata_host)
+        };
+        Arc::new(GcpProvider::new(
+            gcp::Settings {
+                endpoints: gcp::client::Endpoints {
+                    secret_manager: args.gcp_secret_manager_endpoint.clone(),
+                    regional_secret_manager: args.gcp_regional_secret_manager_endpoint.clone(),
+                    token_exchange: args.gcp_token_exchange_endpoint.clone(),
+                    iam_credentials: args.gcp_iam_credentials_endpoint.clone(),
+                    metadata,
+                },
+                source,
+                read_cache_ttl: args.gcp_read_cache_ttl,
+                concurrency: args.gcp_concurrency,
+                cache_size: args.gcp_cache_size,
+            },
+            kube,
         ))
     }
 

@@ -53,6 +53,7 @@ pub(super) async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let builtins = Builtins {
         vault: &args.builtins.vault,
         aws: &args.builtins.aws,
+        gcp: &args.builtins.gcp,
         key,
         site: Site::Node {
             kubelet_root: kubelet_root.path().to_owned(),

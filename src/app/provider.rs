@@ -9,7 +9,7 @@ use super::builtin::{Builtins, Site};
 use super::{VERSION, key_file_path, kube_client, version_key};
 use crate::cli::ProviderServeArgs;
 use crate::provider::version_key::VersionKey;
-use crate::provider::{Provider, aws, serve, vault};
+use crate::provider::{Provider, aws, gcp, serve, vault};
 use crate::{grpc, shutdown};
 
 /// `provider NAME --endpoint`: serves a built-in provider on a plugin socket until signalled.
@@ -25,14 +25,14 @@ pub(super) async fn run_provider(args: ProviderServeArgs) -> anyhow::Result<()> 
     } else {
         VersionKey::ephemeral()
     };
-    let kube = if args.name == aws::NAME {
+    let kube = if args.name == aws::NAME || args.name == gcp::NAME {
         match kube_client(args.kubeconfig.as_deref()).await {
             Ok(client) => Some(client),
             Err(err) => {
                 tracing::warn!(
                     error = %format!("{err:#}"),
-                    "no Kubernetes API: IRSA and the node region lookup will fail; \
-                     use Pod Identity and set AWS_REGION"
+                    "no Kubernetes API: IRSA, the node region lookup and GCP service-account \
+                     impersonation will fail; use Pod Identity and set AWS_REGION"
                 );
                 None
             }
@@ -43,6 +43,7 @@ pub(super) async fn run_provider(args: ProviderServeArgs) -> anyhow::Result<()> 
     let builtins = Builtins {
         vault: &args.vault,
         aws: &args.aws,
+        gcp: &args.gcp,
         key,
         site: Site::Node {
             kubelet_root: args.kubelet_root_dir.clone(),
@@ -53,7 +54,10 @@ pub(super) async fn run_provider(args: ProviderServeArgs) -> anyhow::Result<()> 
     let provider: Arc<dyn Provider> = match args.name.as_str() {
         vault::NAME => builtins.vault(),
         aws::NAME => builtins.aws(),
-        other => bail!("{other:?} is not a built-in provider that can be served; use: vault, aws"),
+        gcp::NAME => builtins.gcp(),
+        other => {
+            bail!("{other:?} is not a built-in provider that can be served; use: vault, aws, gcp")
+        }
     };
     let shutdown = shutdown::on_signal().context("installing signal handlers")?;
     let listener = grpc::bind(&socket)?;

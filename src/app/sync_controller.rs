@@ -42,6 +42,7 @@ pub(super) async fn run_sync_controller(args: SyncControllerArgs) -> anyhow::Res
     let builtins = Builtins {
         vault: &args.builtins.vault,
         aws: &args.builtins.aws,
+        gcp: &args.builtins.gcp,
         key: version_key(args.version_key.version_key_file.as_deref()),
         site: Site::Node {
             kubelet_root: PathBuf::from("/var/lib/kubelet"),

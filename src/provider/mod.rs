@@ -5,6 +5,7 @@
 
 pub mod aws;
 pub mod external;
+pub mod gcp;
 pub mod local;
 mod registry;
 pub mod serve;
@@ -16,7 +17,7 @@ pub mod yaml;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -394,6 +395,25 @@ pub fn pod_token(
         return Err(TokenError::Empty);
     }
     Ok(crate::redact::Secret::new(token))
+}
+
+/// The system's CA store, read once per process: the roots of every built-in provider's TLS
+/// that no class or flag names a CA for.
+pub fn native_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "no system CA certificates found; TLS to Vault (without vaultCACertPath) and Google will fail"
+                );
+            }
+            Arc::new(roots)
+        })
+        .clone()
 }
 
 /// Go's `strconv.ParseBool`, which upstream providers use for boolean parameters.

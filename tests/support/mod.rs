@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod gcp;
 pub mod moto;
 pub mod openbao;
 pub mod provider;

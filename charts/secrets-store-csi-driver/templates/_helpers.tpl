@@ -68,6 +68,7 @@ app: {{ .Values.linux.appLabel }}
 {{- $builtins := list }}
 {{- if .Values.vault.enabled }}{{ $builtins = append $builtins "vault" }}{{ end }}
 {{- if .Values.aws.enabled }}{{ $builtins = append $builtins "aws" }}{{ end }}
+{{- if .Values.gcp.enabled }}{{ $builtins = append $builtins "gcp" }}{{ end }}
 - --builtin-providers={{ join "," $builtins }}
 {{- if .Values.vault.enabled }}
 {{- with .Values.vault.address }}
@@ -114,5 +115,28 @@ app: {{ .Values.linux.appLabel }}
 - --aws-read-cache-ttl={{ .Values.aws.readCacheTTL }}
 - --aws-concurrency={{ .Values.aws.concurrency }}
 - --aws-cache-size={{ .Values.aws.cacheSize }}
+{{- end }}
+{{- if .Values.gcp.enabled }}
+{{- with .Values.gcp.project }}
+- --gcp-project={{ . }}
+{{- end }}
+{{- with .Values.gcp.clusterLocation }}
+- --gcp-cluster-location={{ . }}
+{{- end }}
+{{- with .Values.gcp.clusterName }}
+- --gcp-cluster-name={{ . }}
+{{- end }}
+{{- with .Values.gcp.workloadIdentityAudience }}
+- --gcp-workload-identity-audience={{ . }}
+{{- end }}
+{{- with .Values.gcp.secretManagerEndpoint }}
+- --gcp-secret-manager-endpoint={{ . }}
+{{- end }}
+{{- with .Values.gcp.regionalSecretManagerEndpoint }}
+- --gcp-regional-secret-manager-endpoint={{ . }}
+{{- end }}
+- --gcp-read-cache-ttl={{ .Values.gcp.readCacheTTL }}
+- --gcp-concurrency={{ .Values.gcp.concurrency }}
+- --gcp-cache-size={{ .Values.gcp.cacheSize }}
 {{- end }}
 {{- end -}}

@@ -4,7 +4,7 @@
 
 use std::io::Read as _;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -312,24 +312,6 @@ async fn send_once(
     })
 }
 
-/// The system's CA store, read once per process (on the blocking pool).
-fn native_roots() -> Arc<rustls::RootCertStore> {
-    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let mut roots = rustls::RootCertStore::empty();
-            let native = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(native.certs);
-            if added == 0 {
-                tracing::warn!(
-                    "no system CA certificates found; set vaultCACertPath to reach Vault over TLS"
-                );
-            }
-            Arc::new(roots)
-        })
-        .clone()
-}
-
 /// Builds one client; reads files, so it runs on the blocking pool.
 fn build_client(tls: &TlsConfig, policy: &TlsPolicy) -> Result<HttpClient, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -384,7 +366,7 @@ fn build_client(tls: &TlsConfig, policy: &TlsPolicy) -> Result<HttpClient, Strin
 
 fn roots(tls: &TlsConfig, policy: &TlsPolicy) -> Result<Arc<rustls::RootCertStore>, String> {
     if tls.ca_cert.is_none() && tls.ca_directory.is_none() {
-        return Ok(native_roots());
+        return Ok(crate::provider::native_roots());
     }
     let mut roots = rustls::RootCertStore::empty();
     if let Some(file) = &tls.ca_cert {
