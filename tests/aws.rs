@@ -125,15 +125,6 @@ fn text(files: &BTreeMap<String, (Vec<u8>, u32)>, name: &str) -> String {
     String::from_utf8(files[name].0.clone()).unwrap_or_else(|_| panic!("{name} is not text"))
 }
 
-fn versions_of(api: &dyn TestApi, pod: &str) -> BTreeMap<String, String> {
-    let status = api
-        .list(GROUP, "secretproviderclasspodstatuses")
-        .into_iter()
-        .find(|s| s["status"]["podName"] == pod)
-        .unwrap();
-    support::object_versions(&status)
-}
-
 fn token_of(
     request: &secrets_store_csi_driver::proto::csi::v1::NodePublishVolumeRequest,
     audience: &str,
@@ -193,7 +184,7 @@ async fn the_irsa_example_mounts_every_kind_of_object_with_few_calls() {
     assert_eq!(text(&files, "feature-flags.json"), FLAGS_V1);
     assert_eq!(files.len(), 9);
 
-    let versions = versions_of(&api, "web-1");
+    let versions = support::pod_versions(&api, "web-1");
     assert_eq!(versions["prod_app_signing-key"], SIGNING_VERSION);
     assert_eq!(versions["db-user"], versions["db.json"]);
     assert_ne!(versions["db.json"], versions["db-previous.json"]);
@@ -838,7 +829,10 @@ async fn the_socket_served_provider_gives_the_same_files_as_the_built_in() {
     }
     assert_eq!(trees[0].len(), 9);
     assert_eq!(trees[0], trees[1]);
-    assert_eq!(versions_of(&api, "web-1"), versions_of(&api, "web-2"));
+    assert_eq!(
+        support::pod_versions(&api, "web-1"),
+        support::pod_versions(&api, "web-2")
+    );
 
     let logs = support::stop_provider(server, &socket);
     for value in VALUES {

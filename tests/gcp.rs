@@ -71,6 +71,17 @@ async fn fixtures(google: &Google) {
         .await;
 }
 
+/// The emulator with the fixtures, or `None` when the test cannot run here (not root, or
+/// the emulator is not built outside CI).
+async fn google() -> Option<Google> {
+    if !support::require_root() {
+        return None;
+    }
+    let google = Google::start(PROVIDER_BASE).await?;
+    fixtures(&google).await;
+    Some(google)
+}
+
 fn yaml_file(path: &Path) -> Value {
     serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -140,15 +151,6 @@ fn text(files: &BTreeMap<String, (Vec<u8>, u32)>, name: &str) -> String {
     String::from_utf8(files[name].0.clone()).unwrap_or_else(|_| panic!("{name} is not text"))
 }
 
-fn versions_of(api: &dyn TestApi, pod: &str) -> BTreeMap<String, String> {
-    let status = api
-        .list(GROUP, "secretproviderclasspodstatuses")
-        .into_iter()
-        .find(|s| s["status"]["podName"] == pod)
-        .unwrap();
-    support::object_versions(&status)
-}
-
 fn assert_no_leaks(driver: &Driver, google: &Google) {
     let tokens = google.issued_tokens();
     let mut values: Vec<&str> = VALUES.to_vec();
@@ -162,13 +164,9 @@ const REGIONAL_NAME: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plugins_example_classes_mount_unchanged_with_one_exchange_per_identity() {
-    if !support::require_root() {
-        return;
-    }
-    let Some(google) = Google::start(PROVIDER_BASE).await else {
+    let Some(google) = google().await else {
         return;
     };
-    fixtures(&google).await;
     let Some(api) = ApiServer::start().await else {
         return;
     };
@@ -200,7 +198,7 @@ async fn the_plugins_example_classes_mount_unchanged_with_one_exchange_per_ident
     assert_eq!(text(&found, "good2.txt"), V2);
     assert_eq!(found["good1.txt"].1, 0o644);
     assert_eq!(found.len(), 2);
-    let versions = versions_of(&api, "web-1");
+    let versions = support::pod_versions(&api, "web-1");
     assert_eq!(
         versions[GLOBAL], "projects/test-project/secrets/testsecret/versions/2",
         "the version is the name Secret Manager resolved"
@@ -218,7 +216,7 @@ async fn the_plugins_example_classes_mount_unchanged_with_one_exchange_per_ident
     assert_eq!(text(&found, "good1.txt"), "app-user");
     assert_eq!(text(&found, "good2.txt"), "regional-user");
     assert_eq!(
-        versions_of(&api, "web-2")[REGIONAL_NAME],
+        support::pod_versions(&api, "web-2")[REGIONAL_NAME],
         "projects/test-project/locations/us-central1/secrets/testsecret/versions/1"
     );
     targets.push(target);
@@ -289,13 +287,9 @@ async fn the_plugins_example_classes_mount_unchanged_with_one_exchange_per_ident
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn impersonation_rotation_and_every_failure_with_its_code() {
-    if !support::require_root() {
-        return;
-    }
-    let Some(google) = Google::start(PROVIDER_BASE).await else {
+    let Some(google) = google().await else {
         return;
     };
-    fixtures(&google).await;
     let disabled = google
         .add_version("projects/test-project/secrets/db", b"old")
         .await;
@@ -548,7 +542,7 @@ async fn impersonation_rotation_and_every_failure_with_its_code() {
     publish(&driver, &api, &app, "app-secrets").await.unwrap();
     assert_eq!(text(&files(&target), "good1.txt"), V3);
     assert_eq!(
-        versions_of(&api, "rotating")[GLOBAL],
+        support::pod_versions(&api, "rotating")[GLOBAL],
         "projects/test-project/secrets/testsecret/versions/3"
     );
 
@@ -592,13 +586,9 @@ async fn impersonation_rotation_and_every_failure_with_its_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_example_mounts_the_same_in_process_and_on_the_plugin_socket() {
-    if !support::require_root() {
-        return;
-    }
-    let Some(google) = Google::start(PROVIDER_BASE).await else {
+    let Some(google) = google().await else {
         return;
     };
-    fixtures(&google).await;
     let Some(api) = ApiServer::start().await else {
         return;
     };
@@ -642,7 +632,10 @@ async fn the_readme_example_mounts_the_same_in_process_and_on_the_plugin_socket(
     assert_eq!(text(found, "api-key"), API_KEY);
     assert_eq!(found.len(), 5);
     assert_eq!(trees[0], trees[1]);
-    assert_eq!(versions_of(&api, "web-1"), versions_of(&api, "web-2"));
+    assert_eq!(
+        support::pod_versions(&api, "web-1"),
+        support::pod_versions(&api, "web-2")
+    );
 
     let logs = support::stop_provider(server, &socket);
     for value in VALUES {

@@ -529,6 +529,19 @@ pub fn files(target: &Path) -> std::collections::BTreeMap<String, (Vec<u8>, u32)
 }
 
 /// `id -> version` of a SecretProviderClassPodStatus's `status.objects`.
+/// The object versions of `pod`'s SecretProviderClassPodStatus (it must exist).
+pub fn pod_versions(api: &dyn TestApi, pod: &str) -> std::collections::BTreeMap<String, String> {
+    let status = api
+        .list(
+            "secrets-store.csi.x-k8s.io",
+            "secretproviderclasspodstatuses",
+        )
+        .into_iter()
+        .find(|s| s["status"]["podName"] == pod)
+        .unwrap();
+    object_versions(&status)
+}
+
 pub fn object_versions(status: &Value) -> std::collections::BTreeMap<String, String> {
     status["status"]["objects"]
         .as_array()
