@@ -241,6 +241,14 @@ impl Auth {
         deadline: Instant,
     ) -> Result<(Token, bool), ProviderError> {
         let pool = match &self.source {
+            Source::AccessToken(token) if token.expose().is_empty() => {
+                return Err(ProviderError::Unauthenticated {
+                    provider: NAME.to_owned(),
+                    message: "no Google access token: set GOOGLE_OAUTH_ACCESS_TOKEN, e.g. to \
+                              $(gcloud auth print-access-token)"
+                        .to_owned(),
+                });
+            }
             Source::AccessToken(token) => {
                 let token = Token {
                     access: token.clone(),
