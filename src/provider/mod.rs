@@ -416,6 +416,24 @@ pub fn native_roots() -> Arc<rustls::RootCertStore> {
         .clone()
 }
 
+/// Why reading a pod's service account failed, for the built-in providers that read its
+/// annotations (IRSA's role, GCP's impersonation).
+pub fn service_account_error(provider: &str, doing: &str, err: &kube::Error) -> ProviderError {
+    match err {
+        kube::Error::Api(status) if status.code == 403 => ProviderError::PermissionDenied {
+            provider: provider.to_owned(),
+            message: format!(
+                "{doing}: the driver may not get serviceaccounts; grant it in the driver's ClusterRole"
+            ),
+        },
+        other => ProviderError::BackendUnavailable {
+            provider: provider.to_owned(),
+            message: format!("{doing}: {}", crate::error::kube_message(other)),
+            source: None,
+        },
+    }
+}
+
 /// Go's `strconv.ParseBool`, which upstream providers use for boolean parameters.
 pub fn parse_go_bool(text: &str) -> Option<bool> {
     match text {

@@ -73,7 +73,7 @@ impl Cluster {
                 let account = api
                     .get_opt(service_account)
                     .await
-                    .map_err(|err| kube_error(&format!("reading service account {namespace}/{service_account}"), &err))?;
+                    .map_err(|err| crate::provider::service_account_error(NAME, &format!("reading service account {namespace}/{service_account}"), &err))?;
                 let role = account
                     .and_then(|a| a.metadata.annotations)
                     .and_then(|mut a| a.remove(ROLE_ARN_ANNOTATION))
@@ -136,21 +136,5 @@ impl Cluster {
             })
             .await?;
         Ok(region)
-    }
-}
-
-fn kube_error(doing: &str, err: &kube::Error) -> ProviderError {
-    match err {
-        kube::Error::Api(status) if status.code == 403 => ProviderError::PermissionDenied {
-            provider: NAME.to_owned(),
-            message: format!(
-                "{doing}: the driver may not get serviceaccounts; grant it in the driver's ClusterRole"
-            ),
-        },
-        other => ProviderError::BackendUnavailable {
-            provider: NAME.to_owned(),
-            message: format!("{doing}: {}", crate::error::kube_message(other)),
-            source: None,
-        },
     }
 }

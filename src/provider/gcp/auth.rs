@@ -139,17 +139,12 @@ impl Auth {
     }
 
     /// The pool, found once: configured, else read from the metadata server (GKE).
-    pub async fn pool(
+    async fn pool(
         &self,
+        pool: &Pool,
         clients: &Clients,
         deadline: Instant,
     ) -> Result<Resolved, ProviderError> {
-        let Source::Pod(pool) = &self.source else {
-            return Ok(Resolved {
-                pool: String::new(),
-                audience: String::new(),
-            });
-        };
         self.resolved
             .get_or_try_init(|| resolve_pool(pool, clients, deadline))
             .await
@@ -202,22 +197,7 @@ impl Auth {
                         "unable to fetch SA info {}/{}",
                         pod.namespace, pod.service_account
                     );
-                    match &err {
-                        kube::Error::Api(status) if status.code == 403 => {
-                            ProviderError::PermissionDenied {
-                                provider: NAME.to_owned(),
-                                message: format!(
-                                    "{doing}: the driver may not get serviceaccounts; grant it in \
-                                     the driver's ClusterRole"
-                                ),
-                            }
-                        }
-                        other => ProviderError::BackendUnavailable {
-                            provider: NAME.to_owned(),
-                            message: format!("{doing}: {}", crate::error::kube_message(other)),
-                            source: None,
-                        },
-                    }
+                    crate::provider::service_account_error(NAME, &doing, &err)
                 })?;
                 let mut annotations = account
                     .and_then(|a| a.metadata.annotations)
@@ -256,7 +236,7 @@ impl Auth {
                 };
                 return Ok((token, false));
             }
-            Source::Pod(_) => self.pool(clients, deadline).await?,
+            Source::Pod(pool) => self.pool(pool, clients, deadline).await?,
         };
         self.tokens.drop_expired();
         let (token, fetched) = self

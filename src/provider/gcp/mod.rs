@@ -205,13 +205,7 @@ impl GcpProvider {
                 ),
                 source: None,
             },
-            CallError::TooLarge(limit) => ProviderError::Exhausted {
-                provider,
-                message: format!(
-                    "{name}: the volume's secrets are larger than {limit} bytes; raise \
-                     --max-call-recv-msg-size (and the driver's memory limit) to mount them"
-                ),
-            },
+            CallError::TooLarge(limit) => too_large(Some(name), limit),
             other @ (CallError::Http { .. } | CallError::Invalid(_)) => ProviderError::Backend {
                 provider,
                 message: format!("{name}: {other}"),
@@ -225,10 +219,6 @@ impl GcpProvider {
 impl Provider for GcpProvider {
     fn class_parameters(&self) -> &'static [&'static str] {
         config::PARAMETERS
-    }
-
-    fn token_audiences(&self, _parameters: &BTreeMap<String, String>) -> Option<Vec<String>> {
-        None
     }
 
     async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
@@ -277,14 +267,7 @@ impl Provider for GcpProvider {
             let contents = contents(entry, &accessed)?;
             budget
                 .charge(contents.len())
-                .map_err(|e| ProviderError::Exhausted {
-                    provider: NAME.to_owned(),
-                    message: format!(
-                        "the volume's secrets are larger than {} bytes; raise \
-                     --max-call-recv-msg-size (and the driver's memory limit) to mount them",
-                        e.limit
-                    ),
-                })?;
+                .map_err(|e| too_large(None, e.limit))?;
             versions.push(ObjectVersion {
                 id: entry.resource.name.clone(),
                 version: accessed.name.clone(),
@@ -355,5 +338,17 @@ fn contents(entry: &SecretEntry, accessed: &Accessed) -> Result<Vec<u8>, Provide
             "unsupported value type for key '{key}': only a string value can be extracted"
         ))),
         None => Err(failed(format!("key '{key}' not found in {format}"))),
+    }
+}
+
+/// The volume's budget ran out (`name`: while reading that secret).
+fn too_large(name: Option<&str>, limit: usize) -> ProviderError {
+    let at = name.map(|n| format!("{n}: ")).unwrap_or_default();
+    ProviderError::Exhausted {
+        provider: NAME.to_owned(),
+        message: format!(
+            "{at}the volume's secrets are larger than {limit} bytes; raise \
+             --max-call-recv-msg-size (and the driver's memory limit) to mount them"
+        ),
     }
 }
