@@ -4,25 +4,18 @@
 //! the codes Google's clients retry, bounded by the mount's deadline.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::config::Resource;
 use crate::lock::lock;
+use crate::provider::https::{self, HttpsClient, SendError};
 use crate::redact::{Secret, SecretBytes, SecretString};
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// Time to open a connection before the attempt counts as failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per call: backoff 0.1, 0.2, 0.4 and 0.8 s between them.
 const ATTEMPTS: u32 = 5;
 /// Largest JSON answer of the token endpoints and the metadata server.
@@ -158,7 +151,7 @@ impl std::fmt::Debug for SecretPayload {
 pub struct Clients {
     endpoints: Endpoints,
     channels: Mutex<HashMap<String, Channel>>,
-    http: std::sync::OnceLock<HttpClient>,
+    http: std::sync::OnceLock<HttpsClient>,
 }
 
 impl Clients {
@@ -197,7 +190,7 @@ impl Clients {
         };
         let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(invalid)?
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(https::CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(false)
@@ -347,7 +340,7 @@ impl Clients {
         headers: &[(&str, &str)],
         deadline: Instant,
     ) -> Result<Secret<Bytes>, CallError> {
-        let client = self.http.get_or_init(build_http);
+        let client = self.http.get_or_init(https::client);
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
@@ -356,11 +349,9 @@ impl Clients {
                 builder = builder.header(*name, *value);
             }
             if let Some(token) = bearer {
-                let mut value = http::HeaderValue::try_from(format!("Bearer {}", token.expose()))
-                    .map_err(|_| {
+                let value = https::bearer(token.expose()).ok_or_else(|| {
                     CallError::Invalid("the token is not a header value".to_owned())
                 })?;
-                value.set_sensitive(true);
                 builder = builder.header(http::header::AUTHORIZATION, value);
             }
             let payload = match body {
@@ -374,14 +365,20 @@ impl Clients {
                 .body(payload)
                 .map_err(|_| CallError::Invalid(format!("cannot build a request for {url:?}")))?;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let failure = match tokio::time::timeout(remaining, send(client, request)).await {
+            let failure = match tokio::time::timeout(
+                remaining,
+                https::send(client, request, MAX_JSON_ANSWER),
+            )
+            .await
+            {
                 Err(_) => CallError::Timeout,
                 Ok(Ok((status, body))) if (200..300).contains(&status) => return Ok(body),
                 Ok(Ok((status, body))) => CallError::Http {
                     status,
                     message: google_error(body.expose()),
                 },
-                Ok(Err(failure)) => failure,
+                Ok(Err(SendError::Unreachable(why))) => CallError::Unreachable(why),
+                Ok(Err(SendError::TooLarge(limit))) => CallError::TooLarge(limit),
             };
             if !retryable(&failure) || !retry_fits(attempt, backoff, deadline) {
                 return Err(failure);
@@ -472,50 +469,6 @@ fn google_error(body: &[u8]) -> String {
         _ => "no error message".to_owned(),
     };
     text.chars().take(512).collect()
-}
-
-async fn send(
-    client: &HttpClient,
-    request: http::Request<Full<Bytes>>,
-) -> Result<(u16, Secret<Bytes>), CallError> {
-    let response = client
-        .request(request)
-        .await
-        .map_err(|err| CallError::Unreachable(crate::error::full_message(&err)))?;
-    let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), MAX_JSON_ANSWER)
-        .collect()
-        .await
-        .map_err(|err| {
-            if err.is::<http_body_util::LengthLimitError>() {
-                CallError::TooLarge(MAX_JSON_ANSWER)
-            } else {
-                CallError::Unreachable(format!("reading the answer: {err}"))
-            }
-        })?
-        .to_bytes();
-    Ok((status, Secret::new(body)))
-}
-
-fn build_http() -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .with_root_certificates(crate::provider::native_roots())
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
 }
 
 #[cfg(test)]
