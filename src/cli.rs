@@ -301,6 +301,45 @@ pub struct GcpArgs {
     pub gcp_cache_size: usize,
 }
 
+/// Settings of the built-in `azure` provider.
+#[derive(Debug, Clone, Args)]
+pub struct AzureArgs {
+    /// Cloud of classes that set no `cloudName` (the Azure plugin's `--cloud-name`):
+    /// AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud or AzureGermanCloud.
+    #[arg(long, env = "AZURE_CLOUD_NAME", default_value = "AzurePublicCloud", value_parser = parse_cloud)]
+    pub azure_cloud_name: String,
+    /// Entra ID authority host instead of the cloud's (`https://login.microsoftonline.com/`).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST")]
+    pub azure_authority_host: Option<String>,
+    /// Key Vault URL with `{vault}` for the vault's name, instead of
+    /// `https://{vault}.vault.azure.net` (private endpoints, emulators).
+    #[arg(long, env = "AZURE_KEYVAULT_ENDPOINT")]
+    pub azure_keyvault_endpoint: Option<String>,
+    /// Also write a certificate secret's chain to `NAME.crt` and its key to `NAME.key` (the
+    /// plugin's `--write-cert-and-key-in-separate-files`).
+    #[arg(long, env = "AZURE_WRITE_CERT_AND_KEY_IN_SEPARATE_FILES")]
+    pub azure_write_cert_and_key_in_separate_files: bool,
+    /// How long a Key Vault read is shared between pods of one identity; `0s` reads once per
+    /// pod.
+    #[arg(long, env = "AZURE_READ_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub azure_read_cache_ttl: Duration,
+    /// Key Vault requests in flight per volume.
+    #[arg(long, env = "AZURE_CONCURRENCY", default_value_t = 8)]
+    pub azure_concurrency: usize,
+    /// Identities whose tokens (and shared reads) are kept.
+    #[arg(long, env = "AZURE_CACHE_SIZE", default_value_t = 1000)]
+    pub azure_cache_size: usize,
+}
+
+fn parse_cloud(name: &str) -> Result<String, String> {
+    crate::provider::azure::config::Cloud::from_name(name)
+        .map(|_| name.to_owned())
+        .ok_or_else(|| {
+            "use AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud or AzureGermanCloud"
+                .to_owned()
+        })
+}
+
 /// Which built-in providers run in-process, and their settings.
 #[derive(Debug, Clone, Args)]
 pub struct BuiltinArgs {
@@ -322,6 +361,9 @@ pub struct BuiltinArgs {
     /// Google Secret Manager settings.
     #[command(flatten)]
     pub gcp: GcpArgs,
+    /// Azure Key Vault settings.
+    #[command(flatten)]
+    pub azure: AzureArgs,
 }
 
 /// Where built-in providers keep the key of their object versions.
@@ -336,7 +378,7 @@ pub struct VersionKeyArgs {
 /// `provider` flags.
 #[derive(Debug, Args)]
 pub struct ProviderServeArgs {
-    /// The built-in provider to serve (`vault`, `aws` or `gcp`).
+    /// The built-in provider to serve (`vault`, `aws`, `gcp` or `azure`).
     pub name: String,
     /// Socket to listen on, `unix:///var/run/secrets-store-csi-providers/<name>.sock`.
     #[arg(long, env = "PROVIDER_ENDPOINT")]
@@ -359,6 +401,9 @@ pub struct ProviderServeArgs {
     /// Google Secret Manager settings.
     #[command(flatten)]
     pub gcp: GcpArgs,
+    /// Azure Key Vault settings.
+    #[command(flatten)]
+    pub azure: AzureArgs,
     /// Object version key.
     #[command(flatten)]
     pub version_key: VersionKeyArgs,
@@ -543,6 +588,9 @@ pub struct MountArgs {
     /// Google Secret Manager settings; the token comes from `GOOGLE_OAUTH_ACCESS_TOKEN`.
     #[command(flatten)]
     pub gcp: GcpArgs,
+    /// Azure Key Vault settings; the token comes from `AZURE_ACCESS_TOKEN`.
+    #[command(flatten)]
+    pub azure: AzureArgs,
     /// Object version key; without it versions are only comparable within one run.
     #[command(flatten)]
     pub version_key: VersionKeyArgs,

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use anyhow::bail;
 
-use crate::cli::{AwsArgs, GcpArgs, VaultArgs};
+use crate::cli::{AwsArgs, AzureArgs, GcpArgs, VaultArgs};
 use crate::provider::Registry;
 use crate::provider::aws::{self, AwsProvider};
+use crate::provider::azure::{self, AzureProvider};
 use crate::provider::gcp::{self, GcpProvider};
 use crate::provider::local::{self, LocalProvider};
 use crate::provider::vault::config::{TlsConfig, TlsFile, TlsPolicy};
@@ -44,6 +45,8 @@ pub(super) struct Builtins<'a> {
     pub aws: &'a AwsArgs,
     /// The `--gcp-*` flags.
     pub gcp: &'a GcpArgs,
+    /// The `--azure-*` flags.
+    pub azure: &'a AzureArgs,
     /// The key object versions are derived with.
     pub key: VersionKey,
     /// Where they run.
@@ -79,13 +82,21 @@ impl Builtins<'_> {
                         "built-in gcp provider enabled"
                     );
                 }
+                azure::NAME => {
+                    providers = providers.with_builtin(azure::NAME, self.azure());
+                    tracing::info!(
+                        cloud = %self.azure.azure_cloud_name,
+                        keyvault = self.azure.azure_keyvault_endpoint.as_deref().unwrap_or("(the cloud's)"),
+                        "built-in azure provider enabled"
+                    );
+                }
                 local::NAME => {
                     bail!(
                         "--builtin-providers: enable `local` with --local-provider-root DIR instead"
                     )
                 }
                 other => bail!(
-                    "--builtin-providers: {other:?} is not a built-in provider; the built-ins are: vault, aws, gcp"
+                    "--builtin-providers: {other:?} is not a built-in provider; the built-ins are: vault, aws, gcp, azure"
                 ),
             }
         }
@@ -206,6 +217,32 @@ impl Builtins<'_> {
             },
             kube,
         ))
+    }
+
+    /// The `azure` provider: on a node each pod's workload identity (or its volume's service
+    /// principal), for `mount` the operator's access token (`AZURE_ACCESS_TOKEN`).
+    pub fn azure(&self) -> Arc<AzureProvider> {
+        let args = self.azure;
+        let some = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        let source = match &self.site {
+            Site::Node { .. } => azure::auth::Source::Pod,
+            Site::Mount { .. } => azure::auth::Source::AccessToken(crate::redact::Secret::new(
+                std::env::var("AZURE_ACCESS_TOKEN").unwrap_or_default(),
+            )),
+        };
+        Arc::new(AzureProvider::new(azure::Settings {
+            endpoints: azure::client::Endpoints {
+                authority: some(&args.azure_authority_host),
+                vault: some(&args.azure_keyvault_endpoint),
+            },
+            cloud: azure::config::Cloud::from_name(&args.azure_cloud_name)
+                .unwrap_or(azure::config::Cloud::Public),
+            source,
+            separate_cert_and_key: args.azure_write_cert_and_key_in_separate_files,
+            read_cache_ttl: args.azure_read_cache_ttl,
+            concurrency: args.azure_concurrency,
+            cache_size: args.azure_cache_size,
+        }))
     }
 
     /// The `local` provider reading below `root`: jailed there on a node, relative to the

@@ -17,7 +17,7 @@ use crate::error::full_message;
 use crate::metrics::Metrics;
 use crate::pod::{CLASS_ATTRIBUTE, PodInfo};
 use crate::provider::vault::auth::Credentials;
-use crate::provider::{ObjectVersion, aws, gcp, local, vault};
+use crate::provider::{ObjectVersion, aws, azure, gcp, local, vault};
 use crate::publish::{self, Context, Mode, PublishRequest, Published};
 use crate::shutdown;
 use crate::template;
@@ -65,6 +65,7 @@ pub(super) async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         vault: &args.vault,
         aws: &args.aws,
         gcp: &args.gcp,
+        azure: &args.azure,
         key: version_key(args.version_key.version_key_file.as_deref()),
         site: Site::Mount {
             vault_credentials: mount_credentials(&args)?,
@@ -74,7 +75,8 @@ pub(super) async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         .with_builtin(local::NAME, builtins.local(base))
         .with_builtin(vault::NAME, builtins.vault())
         .with_builtin(aws::NAME, builtins.aws())
-        .with_builtin(gcp::NAME, builtins.gcp());
+        .with_builtin(gcp::NAME, builtins.gcp())
+        .with_builtin(azure::NAME, builtins.azure());
     let tmpfs = mount::can_mount() && !args.plain_dir;
     let mode = if tmpfs {
         MountMode::Tmpfs(TmpfsOptions {

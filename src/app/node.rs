@@ -54,6 +54,7 @@ pub(super) async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         vault: &args.builtins.vault,
         aws: &args.builtins.aws,
         gcp: &args.builtins.gcp,
+        azure: &args.builtins.azure,
         key,
         site: Site::Node {
             kubelet_root: kubelet_root.path().to_owned(),

@@ -9,7 +9,7 @@ use super::builtin::{Builtins, Site};
 use super::{VERSION, key_file_path, kube_client, version_key};
 use crate::cli::ProviderServeArgs;
 use crate::provider::version_key::VersionKey;
-use crate::provider::{Provider, aws, gcp, serve, vault};
+use crate::provider::{Provider, aws, azure, gcp, serve, vault};
 use crate::{grpc, shutdown};
 
 /// `provider NAME --endpoint`: serves a built-in provider on a plugin socket until signalled.
@@ -44,6 +44,7 @@ pub(super) async fn run_provider(args: ProviderServeArgs) -> anyhow::Result<()> 
         vault: &args.vault,
         aws: &args.aws,
         gcp: &args.gcp,
+        azure: &args.azure,
         key,
         site: Site::Node {
             kubelet_root: args.kubelet_root_dir.clone(),
@@ -55,8 +56,11 @@ pub(super) async fn run_provider(args: ProviderServeArgs) -> anyhow::Result<()> 
         vault::NAME => builtins.vault(),
         aws::NAME => builtins.aws(),
         gcp::NAME => builtins.gcp(),
+        azure::NAME => builtins.azure(),
         other => {
-            bail!("{other:?} is not a built-in provider that can be served; use: vault, aws, gcp")
+            bail!(
+                "{other:?} is not a built-in provider that can be served; use: vault, aws, gcp, azure"
+            )
         }
     };
     let shutdown = shutdown::on_signal().context("installing signal handlers")?;

@@ -43,6 +43,7 @@ pub(super) async fn run_sync_controller(args: SyncControllerArgs) -> anyhow::Res
         vault: &args.builtins.vault,
         aws: &args.builtins.aws,
         gcp: &args.builtins.gcp,
+        azure: &args.builtins.azure,
         key: version_key(args.version_key.version_key_file.as_deref()),
         site: Site::Node {
             kubelet_root: PathBuf::from("/var/lib/kubelet"),

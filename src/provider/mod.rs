@@ -4,8 +4,10 @@
 //! Nothing here knows about protobuf; `external` converts at the socket edge.
 
 pub mod aws;
+pub mod azure;
 pub mod external;
 pub mod gcp;
+pub mod https;
 pub mod local;
 mod registry;
 pub mod serve;
