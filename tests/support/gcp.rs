@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
-use base64::Engine as _;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -441,15 +440,6 @@ fn decode_routing(routing: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The claims of a JWT, unverified (the token service checks what STS would check of them).
-fn claims(jwt: &str) -> Option<Value> {
-    let payload = jwt.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 async fn token_service(
     State(ledger): State<Arc<Mutex<Ledger>>>,
     uri: Uri,
@@ -491,7 +481,7 @@ async fn token_service(
             }
         }
         let token = request["subject_token"].as_str().unwrap_or_default();
-        let Some(claims) = claims(token) else {
+        let Some(claims) = super::jwt_claims(token) else {
             return (
                 StatusCode::BAD_REQUEST,
                 json!({"error": "invalid_grant", "error_description": "The subject token is not a JWT"}).to_string(),

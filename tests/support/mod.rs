@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod azure;
 pub mod cluster;
 pub mod gcp;
 pub mod moto;
@@ -743,6 +744,17 @@ pub async fn metrics(port: u16) -> String {
     let mut body = String::new();
     stream.read_to_string(&mut body).await.unwrap();
     body
+}
+
+/// The claims of a JWT, unverified (the test token services check what the real ones would
+/// check of them).
+pub fn jwt_claims(jwt: &str) -> Option<Value> {
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// `der` as a PEM block with `label`, 64 characters per line.
