@@ -290,6 +290,164 @@ impl Azure {
     }
 }
 
+/// Azure's own host names in front of the server, for a client that cannot be pointed
+/// elsewhere (the upstream plugin): an HTTP CONNECT proxy that terminates TLS for any host
+/// with a certificate for `login.microsoftonline.com` and `*.vault.azure.net` (signed by the
+/// CA in `ca_file`) and passes the requests on. Stops on drop.
+pub struct Front {
+    /// `http://127.0.0.1:PORT`, for `HTTPS_PROXY`.
+    pub proxy: String,
+    /// The CA to trust, for `SSL_CERT_FILE`.
+    pub ca_file: std::path::PathBuf,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Azure {
+    /// Starts the TLS front.
+    pub async fn front(&self) -> Front {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("ext.cnf"),
+            "[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=unused\n\
+             [ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign\n\
+             [server]\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n\
+             subjectAltName=DNS:login.microsoftonline.com,DNS:*.vault.azure.net\n",
+        )
+        .unwrap();
+        for args in [
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-config",
+                "ext.cnf",
+                "-extensions",
+                "ca",
+                "-subj",
+                "/CN=test-azure-ca",
+            ][..],
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-config",
+                "ext.cnf",
+                "-subj",
+                "/CN=login.microsoftonline.com",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                "9",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+                "-extensions",
+                "server",
+                "-out",
+                "server.pem",
+            ],
+        ] {
+            openssl(d, args);
+        }
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(d.join("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(d.join("server.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = self.url.trim_start_matches("http://").to_owned();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    // The CONNECT request's head, then the tunnel.
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                        if client.read_exact(&mut byte).await.is_err() {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    if !head.starts_with(b"CONNECT ") {
+                        let _ = client
+                            .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                    if client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let Ok(mut tls) = acceptor.accept(client).await else {
+                        return;
+                    };
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut server).await;
+                });
+            }
+        });
+        Front {
+            proxy,
+            ca_file: d.join("ca.pem"),
+            task,
+            _dir: dir,
+        }
+    }
+}
+
 fn vault_error(status: StatusCode, code: &str, message: &str) -> (StatusCode, HeaderMap, String) {
     let mut headers = HeaderMap::new();
     if status == StatusCode::UNAUTHORIZED {
@@ -316,7 +474,19 @@ async fn serve(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, HeaderMap, String) {
-    let path = uri.path().to_owned();
+    // Behind the TLS front, requests arrive for Azure's own host names.
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let host = host.split(':').next().unwrap_or_default();
+    let path = if host == "login.microsoftonline.com" {
+        format!("/aad{}", uri.path())
+    } else if let Some(vault) = host.strip_suffix(".vault.azure.net") {
+        format!("/kv/{vault}{}", uri.path())
+    } else {
+        uri.path().to_owned()
+    };
     if let Some(rest) = path.strip_prefix("/aad/") {
         let (status, body) = token(&ledger, rest, &body);
         return (status, HeaderMap::new(), body);
@@ -324,11 +494,12 @@ async fn serve(
     let Some(rest) = path.strip_prefix("/kv/") else {
         return vault_error(StatusCode::NOT_FOUND, "NotFound", "no such endpoint");
     };
-    if method != Method::GET || uri.query() != Some("api-version=7.4") {
+    let api_version = uri.query().unwrap_or_default();
+    if method != Method::GET || !api_version.starts_with("api-version=7.") {
         return vault_error(
             StatusCode::BAD_REQUEST,
             "BadParameter",
-            "expected GET with api-version=7.4",
+            "expected GET with an api-version of 7.x",
         );
     }
     let parts: Vec<&str> = rest.split('/').collect();
@@ -438,6 +609,29 @@ fn token(ledger: &Mutex<Ledger>, rest: &str, body: &[u8]) -> (StatusCode, String
                 .to_string(),
         )
     };
+    const AUTHORITY: &str = "https://login.microsoftonline.com";
+    if rest.starts_with("common/discovery/instance") {
+        let answer = json!({
+            "tenant_discovery_endpoint": format!("{AUTHORITY}/{TENANT}/v2.0/.well-known/openid-configuration"),
+            "api-version": "1.1",
+            "metadata": [{"preferred_network": "login.microsoftonline.com",
+                          "preferred_cache": "login.windows.net",
+                          "aliases": ["login.microsoftonline.com", "login.windows.net"]}],
+        });
+        return (StatusCode::OK, answer.to_string());
+    }
+    if let Some(tenant) = rest.strip_suffix("/v2.0/.well-known/openid-configuration") {
+        let answer = json!({
+            "token_endpoint": format!("{AUTHORITY}/{tenant}/oauth2/v2.0/token"),
+            "authorization_endpoint": format!("{AUTHORITY}/{tenant}/oauth2/v2.0/authorize"),
+            "issuer": format!("{AUTHORITY}/{tenant}/v2.0"),
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
+            "response_types_supported": ["code", "id_token", "token"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        });
+        return (StatusCode::OK, answer.to_string());
+    }
     let Some(tenant) = rest.strip_suffix("/oauth2/v2.0/token") else {
         return (StatusCode::NOT_FOUND, "{}".to_owned());
     };
@@ -452,7 +646,10 @@ fn token(ledger: &Mutex<Ledger>, rest: &str, body: &[u8]) -> (StatusCode, String
     if field("grant_type") != "client_credentials" {
         return error("unsupported_grant_type", "AADSTS70003: grant_type");
     }
-    if field("scope") != "https://vault.azure.net/.default" {
+    if !field("scope")
+        .split(' ')
+        .any(|scope| scope == "https://vault.azure.net/.default")
+    {
         return error(
             "invalid_scope",
             &format!(
