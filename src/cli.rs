@@ -317,7 +317,8 @@ pub struct AzureArgs {
     pub azure_keyvault_endpoint: Option<String>,
     /// Also write a certificate secret's chain to `NAME.crt` and its key to `NAME.key` (the
     /// plugin's `--write-cert-and-key-in-separate-files`).
-    #[arg(long, env = "AZURE_WRITE_CERT_AND_KEY_IN_SEPARATE_FILES")]
+    #[arg(long, env = "AZURE_WRITE_CERT_AND_KEY_IN_SEPARATE_FILES", action = ArgAction::Set,
+          num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub azure_write_cert_and_key_in_separate_files: bool,
     /// How long a Key Vault read is shared between pods of one identity; `0s` reads once per
     /// pod.

@@ -544,6 +544,47 @@ fn gcp_values_enable_the_provider_and_request_the_pools_token() {
 }
 
 #[test]
+fn azure_values_enable_the_provider_and_request_the_federation_token() {
+    let Some(python) = helm_python() else { return };
+    let docs = render(
+        &python,
+        &json!({"vault": {"enabled": false}, "azure": {
+            "enabled": true,
+            "cloudName": "AzureChinaCloud",
+            "keyvaultEndpoint": "https://{vault}.privatelink.vaultcore.azure.cn",
+            "writeCertAndKeyInSeparateFiles": true,
+        }}),
+    );
+    let driver = find(&docs, "CSIDriver", "secrets-store.csi.k8s.io").unwrap();
+    let audiences: Vec<&str> = driver["spec"]["tokenRequests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["audience"].as_str().unwrap())
+        .collect();
+    assert!(audiences.contains(&"api://AzureADTokenExchange"), "{audiences:?}");
+    assert_eq!(
+        audiences.iter().filter(|a| **a == "api://AzureADTokenExchange").count(),
+        1
+    );
+    let ds = find(&docs, "DaemonSet", CHART_DAEMONSET).unwrap();
+    let store_args = args(container(ds, "secrets-store"));
+    for expected in [
+        "--builtin-providers=aws,azure",
+        "--azure-cloud-name=AzureChinaCloud",
+        "--azure-keyvault-endpoint=https://{vault}.privatelink.vaultcore.azure.cn",
+        "--azure-write-cert-and-key-in-separate-files=true",
+        "--azure-read-cache-ttl=30s",
+    ] {
+        assert!(
+            store_args.contains(&expected.to_owned()),
+            "{expected}: {store_args:?}"
+        );
+    }
+    assert_driver_accepts(&store_args);
+}
+
+#[test]
 fn deploy_is_the_charts_render_and_parses() {
     let mut kinds = Vec::new();
     let mut docs = Vec::new();

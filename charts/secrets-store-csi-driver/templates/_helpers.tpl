@@ -69,6 +69,7 @@ app: {{ .Values.linux.appLabel }}
 {{- if .Values.vault.enabled }}{{ $builtins = append $builtins "vault" }}{{ end }}
 {{- if .Values.aws.enabled }}{{ $builtins = append $builtins "aws" }}{{ end }}
 {{- if .Values.gcp.enabled }}{{ $builtins = append $builtins "gcp" }}{{ end }}
+{{- if .Values.azure.enabled }}{{ $builtins = append $builtins "azure" }}{{ end }}
 - --builtin-providers={{ join "," $builtins }}
 {{- if .Values.vault.enabled }}
 {{- with .Values.vault.address }}
@@ -138,5 +139,20 @@ app: {{ .Values.linux.appLabel }}
 - --gcp-read-cache-ttl={{ .Values.gcp.readCacheTTL }}
 - --gcp-concurrency={{ .Values.gcp.concurrency }}
 - --gcp-cache-size={{ .Values.gcp.cacheSize }}
+{{- end }}
+{{- if .Values.azure.enabled }}
+- --azure-cloud-name={{ .Values.azure.cloudName }}
+{{- with .Values.azure.authorityHost }}
+- --azure-authority-host={{ . }}
+{{- end }}
+{{- with .Values.azure.keyvaultEndpoint }}
+- --azure-keyvault-endpoint={{ . }}
+{{- end }}
+{{- if .Values.azure.writeCertAndKeyInSeparateFiles }}
+- --azure-write-cert-and-key-in-separate-files=true
+{{- end }}
+- --azure-read-cache-ttl={{ .Values.azure.readCacheTTL }}
+- --azure-concurrency={{ .Values.azure.concurrency }}
+- --azure-cache-size={{ .Values.azure.cacheSize }}
 {{- end }}
 {{- end -}}
