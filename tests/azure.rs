@@ -734,48 +734,14 @@ async fn the_readme_example_mounts_the_same_in_process_and_on_the_plugin_socket(
     assert_no_leaks(&via_socket, &fixture);
 }
 
-/// A child process killed when the test ends, passed or not.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The upstream plugin (secrets-store-csi-driver-provider-azure v1.8.2, built from the Go
-/// module proxy by scripts/cluster-build), or `None` (skip) outside CI when it is not built.
-fn plugin_binary() -> Option<std::path::PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".tools/cluster/current/bin/secrets-store-csi-driver-provider-azure");
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but the Azure plugin is not built: run scripts/test"
-    );
-    eprintln!("skipping: the Azure plugin is not built; scripts/test builds it");
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_azure_plugin_mounts_the_same_files_and_versions() {
     let Some(fixture) = azure().await else {
         return;
     };
-    let Some(binary) = plugin_binary() else {
+    if support::azure::plugin_binary().is_none() {
         return;
-    };
+    }
     let Some(api) = ApiServer::start().await else {
         return;
     };
@@ -827,24 +793,7 @@ async fn the_azure_plugin_mounts_the_same_files_and_versions() {
     let front = azure.front().await;
     let socket = theirs.provider_dir.join("azure.sock");
     let log = theirs.dir.path().join("azure-plugin.log");
-    let plugin = std::process::Command::new(&binary)
-        .args([
-            format!("--endpoint=unix://{}", socket.display()),
-            format!("--healthz-port={}", free_port()),
-            format!("--prometheus-port={}", free_port()),
-        ])
-        .env("HTTPS_PROXY", &front.proxy)
-        .env("SSL_CERT_FILE", &front.ca_file)
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(
-            std::fs::File::create(&log).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
-    let plugin = Killed(plugin);
-    support::wait_for_socket(&socket).await;
+    let plugin = support::azure::Plugin::start(&socket, &front, &log).await;
 
     let cases = [
         ("azure-certs", "default", SP),

@@ -94,6 +94,10 @@ impl Azure {
         let app = axum::Router::new()
             .fallback(serve)
             .with_state(ledger.clone());
+        use axum::serve::ListenerExt as _;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -445,6 +449,64 @@ impl Azure {
             task,
             _dir: dir,
         }
+    }
+}
+
+/// The upstream plugin (secrets-store-csi-driver-provider-azure v1.8.2, built from the Go
+/// module proxy by scripts/cluster-build), or `None` (skip) outside CI when it is not built.
+pub fn plugin_binary() -> Option<std::path::PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools/cluster/current/bin/secrets-store-csi-driver-provider-azure");
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but the Azure plugin is not built: run scripts/test"
+    );
+    eprintln!("skipping: the Azure plugin is not built; scripts/test builds it");
+    None
+}
+
+/// The upstream plugin serving `socket`, reaching Azure through `front`; killed on drop.
+pub struct Plugin(std::process::Child);
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Plugin {
+    /// Starts the plugin with its log in `log` and waits for its socket.
+    pub async fn start(socket: &Path, front: &Front, log: &Path) -> Self {
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let child = Command::new(plugin_binary().expect("the Azure plugin is built"))
+            .args([
+                format!("--endpoint=unix://{}", socket.display()),
+                format!("--healthz-port={}", port()),
+                format!("--prometheus-port={}", port()),
+            ])
+            .env("HTTPS_PROXY", &front.proxy)
+            .env("SSL_CERT_FILE", &front.ca_file)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(
+                std::fs::File::create(log).unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        let plugin = Self(child);
+        super::wait_for_socket(socket).await;
+        plugin
     }
 }
 
