@@ -854,3 +854,14 @@ async fn the_azure_plugin_mounts_the_same_files_and_versions() {
     assert!(mounts_under(theirs.dir.path()).is_empty());
     assert_no_leaks(&ours, &fixture);
 }
+
+#[test]
+fn the_readme_shows_the_tested_azure_example_verbatim() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let text = std::fs::read_to_string(root.join("examples/azure.yaml")).unwrap();
+    assert!(
+        readme.contains(&format!("```yaml\n{text}```")),
+        "README.md must show examples/azure.yaml verbatim"
+    );
+}
