@@ -90,10 +90,7 @@ async fn fixtures(moto: &Moto) {
 
 /// A class from `examples/` (the README shows the same files).
 fn example(file: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(file);
-    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    support::yaml_file(&format!("examples/{file}"))
 }
 
 /// Service account `team/<name>`, annotated with the IRSA role when `role` is set.

@@ -86,27 +86,12 @@ async fn azure() -> Option<Fixture> {
     Some(Fixture { azure, pki })
 }
 
-fn yaml_file(path: &Path) -> Value {
-    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// A class of the Azure plugin's own examples (tests/fixtures/azure/), placed in `team`.
 fn plugin_class(file: &str) -> Value {
-    let mut class = yaml_file(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/azure")
-            .join(file),
-    );
-    class["metadata"]["namespace"] = json!("team");
-    class
+    support::plugin_class("azure", file)
 }
 
 fn example(file: &str) -> Value {
-    yaml_file(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("examples")
-            .join(file),
-    )
+    support::yaml_file(&format!("examples/{file}"))
 }
 
 fn pod(api: &dyn TestApi, name: &str, service_account: &str, class: &str) -> Pod {

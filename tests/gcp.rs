@@ -82,27 +82,12 @@ async fn google() -> Option<Google> {
     Some(google)
 }
 
-fn yaml_file(path: &Path) -> Value {
-    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// A class of the GCP plugin's own (tests/fixtures/gcp/), placed in `team`.
 fn plugin_class(file: &str) -> Value {
-    let mut class = yaml_file(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/gcp")
-            .join(file),
-    );
-    class["metadata"]["namespace"] = json!("team");
-    class
+    support::plugin_class("gcp", file)
 }
 
 fn example(file: &str) -> Value {
-    yaml_file(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("examples")
-            .join(file),
-    )
+    support::yaml_file(&format!("examples/{file}"))
 }
 
 fn service_account(api: &dyn TestApi, name: &str, annotations: Value) {

@@ -562,9 +562,15 @@ fn azure_values_enable_the_provider_and_request_the_federation_token() {
         .iter()
         .map(|r| r["audience"].as_str().unwrap())
         .collect();
-    assert!(audiences.contains(&"api://AzureADTokenExchange"), "{audiences:?}");
+    assert!(
+        audiences.contains(&"api://AzureADTokenExchange"),
+        "{audiences:?}"
+    );
     assert_eq!(
-        audiences.iter().filter(|a| **a == "api://AzureADTokenExchange").count(),
+        audiences
+            .iter()
+            .filter(|a| **a == "api://AzureADTokenExchange")
+            .count(),
         1
     );
     let ds = find(&docs, "DaemonSet", CHART_DAEMONSET).unwrap();

@@ -164,6 +164,44 @@ pub struct ProviderFile {
     pub contents: SecretBytes,
 }
 
+/// Reads each of `keys` once with `read`, `concurrency` at a time: the built-in providers'
+/// fan-out, where one object named twice in a class is read once.
+pub async fn read_distinct<K, V, F, Fut>(
+    keys: std::collections::BTreeSet<K>,
+    concurrency: usize,
+    read: F,
+) -> BTreeMap<K, Result<V, ProviderError>>
+where
+    K: Ord + Clone,
+    F: Fn(K) -> Fut,
+    Fut: std::future::Future<Output = Result<V, ProviderError>>,
+{
+    use futures::StreamExt as _;
+    futures::stream::iter(keys)
+        .map(|key| {
+            let fetched = read(key.clone());
+            async move { (key, fetched.await) }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await
+}
+
+/// The read of `key` from [`read_distinct`]: a success as often as asked, a failure once
+/// (the mount fails with it).
+pub fn take_read<K: Ord, V: Clone>(
+    reads: &mut BTreeMap<K, Result<V, ProviderError>>,
+    key: &K,
+) -> Result<V, ProviderError> {
+    if let Some(Ok(value)) = reads.get(key) {
+        return Ok(value.clone());
+    }
+    match reads.remove(key) {
+        Some(Err(err)) => Err(err),
+        _ => unreachable!("every distinct key was read, and a failure ends the mount"),
+    }
+}
+
 /// Why a provider could not produce a volume's objects.
 ///
 /// Every variant names the provider and says what to check, because the message ends up in

@@ -321,72 +321,8 @@ impl Azure {
         use tokio_rustls::rustls::pki_types::pem::PemObject as _;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::write(
-            d.join("ext.cnf"),
-            "[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=unused\n\
-             [ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign\n\
-             [server]\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n\
-             subjectAltName=DNS:login.microsoftonline.com,DNS:*.vault.azure.net\n",
-        )
-        .unwrap();
-        for args in [
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-config",
-                "ext.cnf",
-                "-extensions",
-                "ca",
-                "-subj",
-                "/CN=test-azure-ca",
-            ][..],
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-config",
-                "ext.cnf",
-                "-subj",
-                "/CN=login.microsoftonline.com",
-            ],
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-set_serial",
-                "9",
-                "-days",
-                "2",
-                "-extfile",
-                "ext.cnf",
-                "-extensions",
-                "server",
-                "-out",
-                "server.pem",
-            ],
-        ] {
-            openssl(d, args);
-        }
+        ca(d, "ca");
+        issue(d, "server", "ca", "server");
         let certs = rustls::pki_types::CertificateDer::pem_file_iter(d.join("server.pem"))
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
@@ -817,6 +753,89 @@ pub struct Pki {
     pub ec_jwk: Value,
 }
 
+/// The `openssl` configuration of every certificate made here: CAs, leaves and the TLS
+/// front's server certificate, all with key identifiers (the chain order depends on them).
+const OPENSSL_CONFIG: &str = "[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=unused\n\
+    [ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign,cRLSign\n\
+    subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n\
+    [leaf]\nbasicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n\
+    [server]\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n\
+    subjectAltName=DNS:login.microsoftonline.com,DNS:*.vault.azure.net\n";
+
+/// A self-signed CA `NAME.pem` with its key `NAME.key` in `dir`.
+fn ca(dir: &Path, name: &str) {
+    std::fs::write(dir.join("ext.cnf"), OPENSSL_CONFIG).unwrap();
+    let (key, pem, subject) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN=test-{name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-config",
+            "ext.cnf",
+            "-extensions",
+            "ca",
+            "-subj",
+            &subject,
+        ],
+    );
+}
+
+/// A certificate `NAME.pem` (key `NAME.key`) signed by `issuer`, with the config section
+/// `extensions`.
+fn issue(dir: &Path, name: &str, issuer: &str, extensions: &str) {
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    let subject = format!("/CN=test-{name}");
+    openssl(
+        dir,
+        &[
+            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr,
+            "-config", "ext.cnf", "-subj", &subject,
+        ],
+    );
+    let (issuer_pem, issuer_key) = (format!("{issuer}.pem"), format!("{issuer}.key"));
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &issuer_pem,
+            "-CAkey",
+            &issuer_key,
+            "-set_serial",
+            "7",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            extensions,
+            "-out",
+            &pem,
+        ],
+    );
+}
+
 fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
     let out = Command::new("openssl")
         .args(args)
@@ -836,78 +855,9 @@ impl Pki {
     pub fn generate() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::write(
-            d.join("ext.cnf"),
-            "[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=unused\n\
-             [ca]\nbasicConstraints=critical,CA:TRUE\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n\
-             [leaf]\nbasicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n",
-        )
-        .unwrap();
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "root.key",
-                "-out",
-                "root.pem",
-                "-days",
-                "2",
-                "-config",
-                "ext.cnf",
-                "-extensions",
-                "ca",
-                "-subj",
-                "/CN=test-root",
-            ],
-        );
-        for (name, issuer, extensions) in [("inter", "root", "ca"), ("leaf", "inter", "leaf")] {
-            openssl(
-                d,
-                &[
-                    "req",
-                    "-new",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                    "-config",
-                    "ext.cnf",
-                    "-subj",
-                    &format!("/CN=test-{name}"),
-                ],
-            );
-            openssl(
-                d,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &format!("{name}.csr"),
-                    "-CA",
-                    &format!("{issuer}.pem"),
-                    "-CAkey",
-                    &format!("{issuer}.key"),
-                    "-set_serial",
-                    "7",
-                    "-days",
-                    "2",
-                    "-extfile",
-                    "ext.cnf",
-                    "-extensions",
-                    extensions,
-                    "-out",
-                    &format!("{name}.pem"),
-                ],
-            );
-        }
+        ca(d, "root");
+        issue(d, "inter", "root", "ca");
+        issue(d, "leaf", "inter", "leaf");
         let read = |name: &str| std::fs::read_to_string(d.join(name)).unwrap();
         std::fs::write(
             d.join("chain.pem"),

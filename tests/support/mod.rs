@@ -746,6 +746,20 @@ pub async fn metrics(port: u16) -> String {
     body
 }
 
+/// A YAML file of the repository (a class of `examples/` or `tests/fixtures/`), as JSON.
+pub fn yaml_file(relative: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+}
+
+/// A class of an upstream plugin's own (`tests/fixtures/DIR/FILE`), placed in namespace `team`.
+pub fn plugin_class(dir: &str, file: &str) -> Value {
+    let mut class = yaml_file(&format!("tests/fixtures/{dir}/{file}"));
+    class["metadata"]["namespace"] = json!("team");
+    class
+}
+
 /// The claims of a JWT, unverified (the test token services check what the real ones would
 /// check of them).
 pub fn jwt_claims(jwt: &str) -> Option<Value> {

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use futures::StreamExt as _;
 use serde::Deserialize;
 
 use self::auth::{Auth, Credential, Identity, Source};
@@ -225,25 +224,16 @@ impl Provider for AzureProvider {
         let session = &session;
         let distinct: BTreeSet<ObjectRef> =
             config.objects.iter().map(|o| o.object.clone()).collect();
-        let mut results: BTreeMap<ObjectRef, Read> = futures::stream::iter(distinct)
-            .map(|object| async move {
-                let read = self.read(session, &object).await;
-                (object, read)
+        let mut results =
+            super::read_distinct(distinct, self.settings.concurrency, |object| async move {
+                self.read(session, &object).await
             })
-            .buffer_unordered(self.settings.concurrency.max(1))
-            .collect()
             .await;
 
         let mut files = Vec::with_capacity(config.objects.len());
         let mut versions = Vec::with_capacity(config.objects.len());
         for entry in &config.objects {
-            let fetched = match results.get(&entry.object) {
-                Some(Ok(fetched)) => fetched.clone(),
-                _ => match results.remove(&entry.object) {
-                    Some(Err(err)) => return Err(err),
-                    _ => unreachable!("every distinct object was read"),
-                },
-            };
+            let fetched = super::take_read(&mut results, &entry.object)?;
             for (suffix, contents) in self.contents(entry, &fetched)? {
                 budget
                     .charge(contents.len())

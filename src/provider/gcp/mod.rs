@@ -12,12 +12,11 @@ pub mod auth;
 pub mod client;
 pub mod config;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::StreamExt as _;
 
 use self::auth::{Auth, Identity, Source};
 use self::client::{Accessed, CallError, Clients, Endpoints};
@@ -245,25 +244,16 @@ impl Provider for GcpProvider {
         let session = &session;
         let distinct: BTreeSet<Resource> =
             config.secrets.iter().map(|s| s.resource.clone()).collect();
-        let mut results: BTreeMap<Resource, Fetched> = futures::stream::iter(distinct)
-            .map(|resource| async move {
-                let fetched = self.read(session, &resource).await;
-                (resource, fetched)
+        let mut results =
+            super::read_distinct(distinct, self.settings.concurrency, |resource| async move {
+                self.read(session, &resource).await
             })
-            .buffer_unordered(self.settings.concurrency.max(1))
-            .collect()
             .await;
 
         let mut files = Vec::with_capacity(config.secrets.len());
         let mut versions = Vec::with_capacity(config.secrets.len());
         for entry in &config.secrets {
-            let accessed = match results.get(&entry.resource) {
-                Some(Ok(accessed)) => accessed.clone(),
-                _ => match results.remove(&entry.resource) {
-                    Some(Err(err)) => return Err(err),
-                    _ => unreachable!("every distinct resource was read"),
-                },
-            };
+            let accessed = super::take_read(&mut results, &entry.resource)?;
             let contents = contents(entry, &accessed)?;
             budget
                 .charge(contents.len())
