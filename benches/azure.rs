@@ -13,7 +13,7 @@ mod support;
 use std::time::Instant;
 
 use serde_json::json;
-use support::azure::{AUDIENCE, Azure, Plugin};
+use support::azure::{AUDIENCE, Azure};
 use support::{ApiServer, Driver, Pod, TestApi, ms, percentile, spc, unpublish};
 
 const GROUP: &str = "secrets-store.csi.x-k8s.io";
@@ -74,7 +74,8 @@ async fn main() {
     let theirs = Driver::start(&api, &["--builtin-providers="]).await;
     let front = azure.front().await;
     let log = theirs.dir.path().join("azure-plugin.log");
-    let _plugin = Plugin::start(&theirs.provider_dir.join("azure.sock"), &front, &log).await;
+    let _plugin =
+        support::azure::start_plugin(&theirs.provider_dir.join("azure.sock"), &front, &log).await;
 
     println!(
         "azure publish latency, {iterations} volumes per row (test Key Vault on loopback; the plugin through a TLS front)"

@@ -778,7 +778,7 @@ async fn the_azure_plugin_mounts_the_same_files_and_versions() {
     let front = azure.front().await;
     let socket = theirs.provider_dir.join("azure.sock");
     let log = theirs.dir.path().join("azure-plugin.log");
-    let plugin = support::azure::Plugin::start(&socket, &front, &log).await;
+    let plugin = support::azure::start_plugin(&socket, &front, &log).await;
 
     let cases = [
         ("azure-certs", "default", SP),

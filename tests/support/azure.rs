@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -18,6 +17,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use base64::Engine as _;
 use serde_json::{Value, json};
+
+use super::pki::{Front, ca, issue, openssl};
 
 /// The tenant of the fixtures.
 /// (The plugin's examples name this tenant.)
@@ -294,156 +295,43 @@ impl Azure {
     }
 }
 
-/// Azure's own host names in front of the server, for a client that cannot be pointed
-/// elsewhere (the upstream plugin): an HTTP CONNECT proxy that terminates TLS for any host
-/// with a certificate for `login.microsoftonline.com` and `*.vault.azure.net` (signed by the
-/// CA in `ca_file`) and passes the requests on. Stops on drop.
-pub struct Front {
-    /// `http://127.0.0.1:PORT`, for `HTTPS_PROXY`.
-    pub proxy: String,
-    /// The CA to trust, for `SSL_CERT_FILE`.
-    pub ca_file: std::path::PathBuf,
-    task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Front {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 impl Azure {
-    /// Starts the TLS front.
+    /// Azure's host names in front of this server, for the upstream plugin.
     pub async fn front(&self) -> Front {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        use tokio_rustls::rustls;
-        use tokio_rustls::rustls::pki_types::pem::PemObject as _;
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        ca(d, "ca");
-        issue(d, "server", "ca", "server");
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(d.join("server.pem"))
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(d.join("server.key")).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = format!("http://{}", listener.local_addr().unwrap());
-        let upstream = self.url.trim_start_matches("http://").to_owned();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
-                tokio::spawn(async move {
-                    // The CONNECT request's head, then the tunnel.
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-                        if client.read_exact(&mut byte).await.is_err() {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    if !head.starts_with(b"CONNECT ") {
-                        let _ = client
-                            .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
-                            .await;
-                        return;
-                    }
-                    if client
-                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    let Ok(mut tls) = acceptor.accept(client).await else {
-                        return;
-                    };
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut server).await;
-                });
-            }
-        });
-        Front {
-            proxy,
-            ca_file: d.join("ca.pem"),
-            task,
-            _dir: dir,
-        }
+        Front::start(
+            &["login.microsoftonline.com", "*.vault.azure.net"],
+            self.url.trim_start_matches("http://"),
+            false,
+        )
+        .await
     }
 }
 
-/// The upstream plugin (secrets-store-csi-driver-provider-azure v1.8.2, built from the Go
-/// module proxy by scripts/cluster-build), or `None` (skip) outside CI when it is not built.
+/// The upstream plugin (secrets-store-csi-driver-provider-azure v1.8.2), or `None` (skip)
+/// outside CI when it is not built.
 pub fn plugin_binary() -> Option<std::path::PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".tools/cluster/current/bin/secrets-store-csi-driver-provider-azure");
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but the Azure plugin is not built: run scripts/test"
-    );
-    eprintln!("skipping: the Azure plugin is not built; scripts/test builds it");
-    None
+    super::plugin_binary("secrets-store-csi-driver-provider-azure")
 }
 
-/// The upstream plugin serving `socket`, reaching Azure through `front`; killed on drop.
-pub struct Plugin(std::process::Child);
-
-impl Drop for Plugin {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Plugin {
-    /// Starts the plugin with its log in `log` and waits for its socket.
-    pub async fn start(socket: &Path, front: &Front, log: &Path) -> Self {
-        let port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let child = Command::new(plugin_binary().expect("the Azure plugin is built"))
-            .args([
-                format!("--endpoint=unix://{}", socket.display()),
-                format!("--healthz-port={}", port()),
-                format!("--prometheus-port={}", port()),
-            ])
-            .env("HTTPS_PROXY", &front.proxy)
-            .env("SSL_CERT_FILE", &front.ca_file)
-            .env_remove("NO_PROXY")
-            .env_remove("no_proxy")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::from(
-                std::fs::File::create(log).unwrap(),
-            ))
-            .spawn()
-            .unwrap();
-        let plugin = Self(child);
-        super::wait_for_socket(socket).await;
-        plugin
-    }
+/// Starts the upstream plugin on `socket`, reaching Azure through `front`, its log in `log`.
+pub async fn start_plugin(socket: &Path, front: &Front, log: &Path) -> super::Plugin {
+    let port = super::free_port;
+    let args = [
+        format!("--endpoint=unix://{}", socket.display()),
+        format!("--healthz-port={}", port()),
+        format!("--prometheus-port={}", port()),
+    ];
+    super::Plugin::start(
+        &plugin_binary().expect("the Azure plugin is built"),
+        &args,
+        &[
+            ("HTTPS_PROXY", front.proxy.clone()),
+            ("SSL_CERT_FILE", front.ca_file.display().to_string()),
+        ],
+        socket,
+        log,
+    )
+    .await
 }
 
 fn vault_error(status: StatusCode, code: &str, message: &str) -> (StatusCode, HeaderMap, String) {
@@ -753,109 +641,12 @@ pub struct Pki {
     pub ec_jwk: Value,
 }
 
-/// The `openssl` configuration of every certificate made here: CAs, leaves and the TLS
-/// front's server certificate, all with key identifiers (the chain order depends on them).
-const OPENSSL_CONFIG: &str = "[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=unused\n\
-    [ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign,cRLSign\n\
-    subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n\
-    [leaf]\nbasicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n\
-    [server]\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n\
-    subjectAltName=DNS:login.microsoftonline.com,DNS:*.vault.azure.net\n";
-
-/// A self-signed CA `NAME.pem` with its key `NAME.key` in `dir`.
-fn ca(dir: &Path, name: &str) {
-    std::fs::write(dir.join("ext.cnf"), OPENSSL_CONFIG).unwrap();
-    let (key, pem, subject) = (
-        format!("{name}.key"),
-        format!("{name}.pem"),
-        format!("/CN=test-{name}"),
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-config",
-            "ext.cnf",
-            "-extensions",
-            "ca",
-            "-subj",
-            &subject,
-        ],
-    );
-}
-
-/// A certificate `NAME.pem` (key `NAME.key`) signed by `issuer`, with the config section
-/// `extensions`.
-fn issue(dir: &Path, name: &str, issuer: &str, extensions: &str) {
-    let (key, csr, pem) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
-    );
-    let subject = format!("/CN=test-{name}");
-    openssl(
-        dir,
-        &[
-            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr,
-            "-config", "ext.cnf", "-subj", &subject,
-        ],
-    );
-    let (issuer_pem, issuer_key) = (format!("{issuer}.pem"), format!("{issuer}.key"));
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &issuer_pem,
-            "-CAkey",
-            &issuer_key,
-            "-set_serial",
-            "7",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-extensions",
-            extensions,
-            "-out",
-            &pem,
-        ],
-    );
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the tests need the openssl command");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 impl Pki {
     /// Makes everything in a temporary directory.
     pub fn generate() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        ca(d, "root");
+        ca(d, "root", &[]);
         issue(d, "inter", "root", "ca");
         issue(d, "leaf", "inter", "leaf");
         let read = |name: &str| std::fs::read_to_string(d.join(name)).unwrap();

@@ -118,14 +118,6 @@ pub fn cluster() -> Option<&'static Cluster> {
         .as_ref()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn kubeconfig(server: &str, ca_pem: &str, user: Value) -> String {
     use base64::Engine as _;
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
@@ -210,7 +202,7 @@ impl ControlPlane {
         plane.ca_pem = std::fs::read_to_string(plane.pki().join("ca.pem")).unwrap();
         let pem = |name: &str| dir.join("pki").join(name).display().to_string();
 
-        let (etcd_port, peer_port) = (free_port(), free_port());
+        let (etcd_port, peer_port) = (super::free_port(), super::free_port());
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         plane.spawn(
@@ -230,7 +222,7 @@ impl ControlPlane {
         );
         wait_tcp(etcd_port, "etcd", &dir);
 
-        let api_port = free_port();
+        let api_port = super::free_port();
         plane.api_url = format!("https://127.0.0.1:{api_port}");
         plane.spawn(
             "kube-apiserver",
@@ -454,8 +446,8 @@ impl Cluster {
         let local_root = dir.join("local");
         std::fs::create_dir_all(&provider_dir).unwrap();
         std::fs::create_dir_all(&local_root).unwrap();
-        let metrics_port = free_port();
-        let aws_port = free_port();
+        let metrics_port = super::free_port();
+        let aws_port = super::free_port();
         let driver_args = vec![
             "node".to_owned(),
             format!("--endpoint=unix://{}", driver_socket.display()),
@@ -658,7 +650,7 @@ async fn client_from(path: &Path) -> kube::Client {
 /// enforcement), swap tolerated, everything kubelet writes under `dir`, and a short sync
 /// period so that `requiresRepublish` volumes are republished every few seconds.
 fn kubelet_configuration(dir: &Path, cri: &Path, client_ca: &str) -> Value {
-    let port = free_port();
+    let port = super::free_port();
     json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",

@@ -101,14 +101,6 @@ impl Drop for Google {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Google {
     /// Starts everything, or returns `None` (skip) outside CI when the emulator is not built.
     /// `provider_base` is the identity provider base the driver is configured with.
@@ -121,7 +113,7 @@ impl Google {
             eprintln!("skipping: the Secret Manager emulator is not built; scripts/test builds it");
             return None;
         };
-        let port = free_port();
+        let port = super::free_port();
         let child = Command::new(bin)
             .args(["--port", &port.to_string(), "--log-level", "error"])
             .stdout(Stdio::null())
@@ -196,6 +188,21 @@ impl Google {
             format!("--gcp-workload-identity-endpoint={provider_base}"),
             format!("--gcp-metadata-host={}", self.tokens),
         ]
+    }
+
+    /// Google's host names in front of the Secret Manager proxy (gRPC), for the upstream
+    /// plugin, which cannot be pointed elsewhere.
+    pub async fn front(&self) -> super::pki::Front {
+        super::pki::Front::start(
+            &[
+                "secretmanager.googleapis.com",
+                "secretmanager.us-central1.rep.googleapis.com",
+                "secretmanager.europe-west1.rep.googleapis.com",
+            ],
+            self.secret_manager.trim_start_matches("http://"),
+            true,
+        )
+        .await
     }
 
     /// Creates secret `parent/secrets/id` (`parent` is `projects/P` or
@@ -453,6 +460,22 @@ async fn token_service(
             json!({"error": {"code": status.as_u16(), "message": message}}).to_string(),
         )
     };
+    // The GCE metadata server, for a plugin that reads the project and cluster there.
+    if let Some(key) = path.strip_prefix("/computeMetadata/v1/") {
+        if headers.get("metadata-flavor").and_then(|v| v.to_str().ok()) != Some("Google") {
+            return error(
+                StatusCode::FORBIDDEN,
+                "Missing Metadata-Flavor:Google header.",
+            );
+        }
+        let value = match key {
+            "project/project-id" => PROJECT,
+            "instance/attributes/cluster-location" => CLUSTER.0,
+            "instance/attributes/cluster-name" => CLUSTER.1,
+            _ => return error(StatusCode::NOT_FOUND, "not defined"),
+        };
+        return (StatusCode::OK, value.to_owned());
+    }
     if path == "/v1/identitybindingtoken" {
         let Ok(request) = serde_json::from_slice::<Value>(&body) else {
             return error(StatusCode::BAD_REQUEST, "not JSON");

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod gcp;
 pub mod moto;
 pub mod openbao;
+pub mod pki;
 pub mod provider;
 pub mod redis;
 pub mod sync_controller;
@@ -758,6 +759,67 @@ pub fn plugin_class(dir: &str, file: &str) -> Value {
     let mut class = yaml_file(&format!("tests/fixtures/{dir}/{file}"));
     class["metadata"]["namespace"] = json!("team");
     class
+}
+
+/// An upstream plugin built by scripts/cluster-build from the Go module proxy, or `None`
+/// (skip) outside CI when it is not built.
+pub fn plugin_binary(name: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools/cluster/current/bin")
+        .join(name);
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {name} is not built: run scripts/test"
+    );
+    eprintln!("skipping: {name} is not built; scripts/test builds it");
+    None
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An upstream provider plugin serving a socket; killed on drop.
+pub struct Plugin(Child);
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Plugin {
+    /// Starts `binary` with `args` and `env` (no proxy exceptions), its log in `log`, and
+    /// waits for `socket`.
+    pub async fn start(
+        binary: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        socket: &Path,
+        log: &Path,
+    ) -> Self {
+        let child = Command::new(binary)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+            .spawn()
+            .unwrap();
+        let plugin = Self(child);
+        wait_for_socket(socket).await;
+        plugin
+    }
 }
 
 /// The claims of a JWT, unverified (the test token services check what the real ones would

@@ -1,4 +1,4 @@
-module github.com/secrets-store-csi-driver-rs/tests/plugins
+module github.com/secrets-store-csi-driver-rs/tests/plugins/azure
 
 go 1.25.11
 
