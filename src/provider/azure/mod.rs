@@ -521,6 +521,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn certificate_secrets_can_also_be_split_into_chain_and_key_files() {
+        let provider = AzureProvider::new(Settings {
+            endpoints: Endpoints::default(),
+            cloud: Cloud::Public,
+            source: Source::Pod,
+            separate_cert_and_key: true,
+            read_cache_ttl: Duration::ZERO,
+            concurrency: 1,
+            cache_size: 1,
+        });
+        let pem = format!(
+            "{}{}",
+            format::pem("PRIVATE KEY", b"k"),
+            format::pem("CERTIFICATE", b"c")
+        );
+        let fetched = Fetched {
+            version: "v".to_owned(),
+            body: Body::Secret {
+                value: Secret::new(pem.clone()),
+                content_type: format::CONTENT_TYPE_PEM.to_owned(),
+                certificate: true,
+            },
+        };
+        let entry = KeyVaultObject {
+            object: ObjectRef {
+                kind: ObjectType::Secret,
+                name: "web".to_owned(),
+                version: String::new(),
+            },
+            path: "web".to_owned(),
+            pfx: false,
+            encoding: Encoding::Utf8,
+            mode: None,
+        };
+        let files = provider.contents(&entry, &fetched).unwrap();
+        let names: Vec<&str> = files.iter().map(|(suffix, _)| *suffix).collect();
+        assert_eq!(names, [".crt", ".key", ""], "the plugin's order");
+        assert_eq!(files[0].1, format::pem("CERTIFICATE", b"c").into_bytes());
+        assert_eq!(files[1].1, format::pem("PRIVATE KEY", b"k").into_bytes());
+        assert_eq!(files[2].1, pem.into_bytes());
+    }
+
+    #[test]
     fn versions_are_the_id_segment_the_sdk_reads() {
         assert_eq!(
             version_of("https://kv.vault.azure.net/secrets/s1/0123abcd").as_deref(),
