@@ -104,13 +104,7 @@ fn pod(api: &dyn TestApi, name: &str, service_account: &str, class: &str) -> Pod
 
 /// A driver with `azure` built in (it is opt-in), unless `extra` sets `--builtin-providers`.
 async fn driver(api: &dyn TestApi, azure: &Azure, extra: &[&str]) -> Driver {
-    let flags = azure.flags();
-    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
-    if !extra.iter().any(|a| a.starts_with("--builtin-providers")) {
-        args.push("--builtin-providers=vault,aws,azure");
-    }
-    args.extend_from_slice(extra);
-    Driver::start(api, &args).await
+    Driver::with_builtin(api, "azure", &azure.flags(), extra).await
 }
 
 /// Publishes `class` for `pod` with kubelet's token for Entra ID and, if given, the

@@ -108,13 +108,7 @@ fn pod(api: &dyn TestApi, name: &str, service_account: &str, class: &str) -> Pod
 
 /// A driver with `gcp` built in (it is opt-in), unless `extra` sets `--builtin-providers`.
 async fn driver(api: &dyn TestApi, google: &Google, extra: &[&str]) -> Driver {
-    let flags = google.flags(PROVIDER_BASE);
-    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
-    if !extra.iter().any(|a| a.starts_with("--builtin-providers")) {
-        args.push("--builtin-providers=vault,aws,gcp");
-    }
-    args.extend_from_slice(extra);
-    Driver::start(api, &args).await
+    Driver::with_builtin(api, "gcp", &google.flags(PROVIDER_BASE), extra).await
 }
 
 /// Publishes `class` for `pod` with kubelet's token for the pool; returns the target.

@@ -156,6 +156,23 @@ impl Driver {
     }
 
     /// Starts the driver with environment variables set (e.g. `RUST_LOG`).
+    /// A driver pointed at a test backend by `flags`, with the opt-in built-in `name` enabled
+    /// beside the defaults, unless `extra` sets `--builtin-providers` itself.
+    pub async fn with_builtin(
+        api: &dyn TestApi,
+        name: &str,
+        flags: &[String],
+        extra: &[&str],
+    ) -> Self {
+        let builtins = format!("--builtin-providers=vault,aws,{name}");
+        let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        if !extra.iter().any(|a| a.starts_with("--builtin-providers")) {
+            args.push(&builtins);
+        }
+        args.extend_from_slice(extra);
+        Self::start(api, &args).await
+    }
+
     pub async fn start_with_env(
         api: &dyn TestApi,
         extra_args: &[&str],
