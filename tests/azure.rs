@@ -243,6 +243,8 @@ async fn the_plugins_example_classes_mount_unchanged_with_one_token_per_identity
     assert_eq!(azure.exchanges().len(), 1);
     assert_eq!(azure.reads(), 2 + 4, "{:?}", azure.calls());
 
+    let certs = target;
+
     // The plugin refuses its own secrets example (objectEncoding "SECRET_ALIAS"); so does
     // the provider, before reading anything.
     let app = pod(&api, "secrets-1", "default", "azure-secrets");
@@ -302,30 +304,15 @@ async fn the_plugins_example_classes_mount_unchanged_with_one_token_per_identity
         err.message()
     );
 
-    for target in [&first, &target] {
+    for target in [&first, &certs, &target] {
         driver
             .node()
             .node_unpublish_volume(unpublish(target))
             .await
             .unwrap();
     }
-    for pod_name in ["certs-1"] {
-        let app_target = driver.target(&api_pod_uid(&api, pod_name), "secrets");
-        driver
-            .node()
-            .node_unpublish_volume(unpublish(&app_target))
-            .await
-            .unwrap();
-    }
     assert!(mounts_under(driver.dir.path()).is_empty());
     assert_no_leaks(&driver, &fixture);
-}
-
-fn api_pod_uid(api: &dyn TestApi, name: &str) -> String {
-    api.get("", "pods", "team", name).unwrap()["metadata"]["uid"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,6 +376,8 @@ async fn workload_identity_certificates_rotation_and_every_failure_with_its_code
             .iter()
             .all(|c| c.client.as_deref() == Some(WI_CLIENT))
     );
+
+    let web = target;
 
     let objects = |entries: &[&str]| {
         let array: Vec<String> = entries
@@ -656,10 +645,7 @@ async fn workload_identity_certificates_rotation_and_every_failure_with_its_code
         .unwrap();
     assert_eq!(text(&files(&target), "secret1"), SECRET1_V3);
     azure.heal();
-    for target in [
-        &target,
-        &driver.target(&api_pod_uid(&api, "web-1"), "secrets"),
-    ] {
+    for target in [&target, &web] {
         driver
             .node()
             .node_unpublish_volume(unpublish(target))
