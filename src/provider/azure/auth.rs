@@ -44,7 +44,7 @@ pub struct Identity {
     /// The Entra ID tenant.
     pub tenant: String,
     /// The cloud.
-    pub cloud: String,
+    pub cloud: Cloud,
     /// The application's client ID.
     pub client_id: String,
     /// For a service principal, a digest of its secret: pods with different secrets never
@@ -65,7 +65,6 @@ pub struct Token {
 pub struct Credential {
     /// Who it is.
     pub identity: Identity,
-    cloud: Cloud,
     secret: Option<SecretString>,
 }
 
@@ -105,7 +104,7 @@ impl Auth {
             namespace: pod.namespace.clone(),
             service_account: pod.service_account.clone(),
             tenant: tenant.to_owned(),
-            cloud: format!("{cloud:?}"),
+            cloud,
             client_id: String::new(),
             secret_digest: None,
         };
@@ -120,11 +119,7 @@ impl Auth {
                 secret = Some(client_secret);
             }
         }
-        Ok(Credential {
-            identity,
-            cloud,
-            secret,
-        })
+        Ok(Credential { identity, secret })
     }
 
     /// A token for `credential`: shared while usable, else requested with this pod's
@@ -226,7 +221,7 @@ async fn request(
         expires_in: Option<serde_json::Value>,
     }
     let identity = &credential.identity;
-    let scope = credential.cloud.vault_scope();
+    let scope = credential.identity.cloud.vault_scope();
     let assertion;
     let body = match &credential.secret {
         Some(secret) => form(&[
@@ -251,7 +246,7 @@ async fn request(
     };
     let url = client
         .endpoints()
-        .token_url(credential.cloud, &identity.tenant);
+        .token_url(identity.cloud, &identity.tenant);
     let started = Instant::now();
     let answer = client
         .post_form(&url, &body, deadline)

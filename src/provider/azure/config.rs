@@ -37,7 +37,7 @@ const MAX_TENANT_LEN: usize = 253;
 const MAX_CLIENT_ID_LEN: usize = 256;
 
 /// An Azure cloud: where Entra ID and Key Vault are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Cloud {
     /// `AzurePublicCloud` (also `AzureCloud`).
     Public,

@@ -105,7 +105,6 @@ struct Session<'a> {
     token: SecretString,
     /// Obtained by this mount, so a refusal of it is final.
     fresh: bool,
-    cloud: Cloud,
     vault: &'a str,
     deadline: Instant,
     budget: &'a ByteBudget,
@@ -143,10 +142,11 @@ impl AzureProvider {
 
     /// One read, asking for a new token once if Key Vault refuses one obtained earlier.
     async fn send_read(&self, session: &Session<'_>, object: &ObjectRef) -> Read {
-        let url = self
-            .client
-            .endpoints()
-            .object_url(session.cloud, session.vault, object);
+        let url = self.client.endpoints().object_url(
+            session.credential.identity.cloud,
+            session.vault,
+            object,
+        );
         let (mut token, mut fresh) = (session.token.clone(), session.fresh);
         loop {
             let answer = self
@@ -215,7 +215,6 @@ impl Provider for AzureProvider {
             pod_tokens,
             token: token.access,
             fresh,
-            cloud,
             vault: &config.vault,
             deadline,
             budget: &budget,
